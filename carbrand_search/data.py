@@ -1,0 +1,201 @@
+"""ImageFolder discovery and validation: `train/ val/ test/`, one folder per brand."""
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from carbrand_search.errors import UserError
+
+SPLITS = ("train", "val", "test")
+FITS = ("crop", "pad", "stretch")
+
+
+class BadImage(Exception):
+    """A file that does not decode as an image."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: not a readable image ({reason})")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's image files and their class indices."""
+
+    name: str
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImageTree:
+    """A validated dataset layout: the brands and each split's files."""
+
+    root: Path
+    classes: tuple[str, ...]
+    splits: dict[str, Split]
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    # Hidden files (.DS_Store, editor droppings) are not images anyone meant to train on.
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return files
+
+
+def scan(root: Path, splits: tuple[str, ...] = SPLITS) -> ImageTree:
+    """Find each split's class folders and files; structural problems raise UserError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    for name in splits:
+        split_dir = root / name
+        if not split_dir.is_dir():
+            raise UserError(
+                f"{root}: missing split folder '{name}/' (expected {', '.join(splits)})"
+            )
+        class_dirs = sorted(
+            d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+        per_split[name] = {d.name: _class_files(d) for d in class_dirs}
+        for cls, files in per_split[name].items():
+            if not files:
+                raise UserError(f"{split_dir / cls}: empty class folder (no image files)")
+    classes = sorted(per_split[splits[0]])
+    for name in splits[1:]:
+        missing = sorted(set(classes) ^ set(per_split[name]))
+        if missing:
+            cls = missing[0]
+            where = splits[0] if cls in per_split[splits[0]] else name
+            other = name if where == splits[0] else splits[0]
+            raise UserError(
+                f"{root}: class '{cls}' is in {where}/ but not in {other}/ "
+                "(every split needs the same class folders)"
+            )
+    if len(classes) < 2:
+        raise UserError(f"{root}: found {len(classes)} class folder(s); need at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    return ImageTree(
+        root=root,
+        classes=tuple(classes),
+        splits={
+            name: Split(
+                name=name,
+                root=root / name,
+                files=tuple(f for c in classes for f in per_split[name][c]),
+                labels=tuple(index[c] for c in classes for _ in per_split[name][c]),
+            )
+            for name in splits
+        },
+    )
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode `path` fully to RGB, or raise BadImage."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise BadImage(path, type(e).__name__ if not str(e) else str(e).splitlines()[0]) from e
+
+
+def to_square(img: Image.Image, size: int, fit: str) -> Image.Image:
+    """Resize to `size`×`size`: centre crop of the short side, letterbox pad, or stretch."""
+    resample = Image.Resampling.BICUBIC
+    if fit == "crop":
+        return ImageOps.fit(img, (size, size), resample)
+    if fit == "pad":
+        return ImageOps.pad(img, (size, size), resample)
+    if fit == "stretch":
+        return img.resize((size, size), resample)
+    raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}")
+
+
+def square_array(img: Image.Image, size: int, fit: str) -> np.ndarray:
+    """`to_square` as a (size, size, 3) uint8 array: exactly what the cache stores."""
+    return np.asarray(to_square(img, size, fit), dtype=np.uint8)
+
+
+def decode_all(
+    files: tuple[Path, ...],
+    work: Callable[[Image.Image], object],
+    on_done: Callable[[int], None] | None = None,
+) -> list[object | BadImage]:
+    """Decode every file in parallel threads, apply `work`; a BadImage stands in for bad files."""
+
+    def one(path: Path) -> object | BadImage:
+        try:
+            return work(load_image(path))
+        except BadImage as e:
+            return e
+
+    results = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for i, result in enumerate(pool.map(one, files)):
+            results.append(result)
+            if on_done:
+                on_done(i + 1)
+    return results
+
+
+def bad_files_error(bad: list[BadImage], skip_hint: bool = True) -> UserError:
+    """The one-line error for bad images: the first file named, the rest counted."""
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    hint = "; pass --skip-bad to skip and count them" if skip_hint else ""
+    return UserError(f"{bad[0]}{more}{hint}")
+
+
+@dataclass
+class SplitSummary:
+    """What `data check` reports for one split."""
+
+    per_class: Counter[str] = field(default_factory=Counter)
+    bad: list[BadImage] = field(default_factory=list)
+    min_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_class.values())
+
+    @property
+    def balance(self) -> float:
+        """Smallest class over largest class (1.0 = balanced)."""
+        counts = list(self.per_class.values())
+        return min(counts) / max(counts) if counts and max(counts) else 0.0
+
+
+def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:
+    """Decode every image; per split: counts per class, size range, bad files."""
+    summaries: dict[str, SplitSummary] = {}
+    for split in tree.splits.values():
+        summary = SplitSummary()
+        sizes = decode_all(split.files, lambda img: img.size)
+        for size, label in zip(sizes, split.labels, strict=True):
+            if isinstance(size, BadImage):
+                summary.bad.append(size)
+                continue
+            assert isinstance(size, tuple)
+            summary.per_class[tree.classes[label]] += 1
+            summary.min_size = min(summary.min_size or size, size, key=lambda s: s[0] * s[1])
+            summary.max_size = max(summary.max_size or size, size, key=lambda s: s[0] * s[1])
+        if summary.bad and not skip_bad:
+            raise bad_files_error(summary.bad)
+        empty = [c for c in tree.classes if summary.per_class[c] == 0]
+        if empty:
+            raise UserError(
+                f"{split.root / empty[0]}: no readable images left after skipping bad files"
+            )
+        summaries[split.name] = summary
+    return summaries

@@ -1,0 +1,88 @@
+"""Type-checked values for frozen config dataclasses: where raw TOML/CLI values get typed."""
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, get_args, get_origin
+
+
+def describe(tp: Any) -> str:
+    """A short human name for a field type, for error messages."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {describe(get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in get_args(tp))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ValueError naming `key` and what is expected."""
+    origin = get_origin(tp)
+    ok = True
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is Literal:
+        ok = isinstance(value, str | int) and value in get_args(tp)
+    elif origin is tuple:
+        ok = isinstance(value, list | tuple)
+        if ok:
+            value = tuple(coerce(v, get_args(tp)[0], key) for v in value)
+    else:
+        raise TypeError(f"unsupported field type {tp} for {key}")
+    if not ok:
+        raise ValueError(f"{key}: expected {describe(tp)}, got {value!r}")
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> type of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build(cls: type, table: Mapping[str, Any], section: str) -> Any:
+    """Build dataclass `cls` from a TOML table; unknown keys and wrong types raise ValueError."""
+    if not isinstance(table, Mapping):
+        raise ValueError(f"[{section}] must be a table, got {table!r}")
+    types_ = field_types(cls)
+    unknown = sorted(set(table) - set(types_))
+    if unknown:
+        raise ValueError(
+            f"unknown key {section}.{unknown[0]} (known keys: {', '.join(sorted(types_))})"
+        )
+    values = {k: coerce(v, types_[k], f"{section}.{k}") for k, v in table.items()}
+    return cls(**values)
+
+
+def replace(obj: Any, changes: Mapping[str, Any], section: str) -> Any:
+    """Copy of dataclass `obj` with `changes` applied, type-checked, then validated together."""
+    types_ = field_types(type(obj))
+    unknown = sorted(set(changes) - set(types_))
+    if unknown:
+        raise ValueError(
+            f"unknown key {section}.{unknown[0]} (known keys: {', '.join(sorted(types_))})"
+        )
+    typed = {k: coerce(v, types_[k], f"{section}.{k}") for k, v in changes.items()}
+    return dataclasses.replace(obj, **typed)
+
+
+def parse_literal(text: str) -> Any:
+    """Parse a `--set` value as TOML (`3e-3`, `true`, `[32, 64]`); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

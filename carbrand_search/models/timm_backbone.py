@@ -1,0 +1,83 @@
+"""ImageNet backbones from timm, with weights from a local file or timm's own download."""
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+from torch import nn
+
+from carbrand_search.errors import UserError
+
+
+@dataclass(frozen=True)
+class TimmParams:
+    """Hyperparameters of a timm backbone; `weights` is a local safetensors/state-dict file."""
+
+    pretrained: bool = True
+    weights: str = ""
+    drop_rate: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+
+
+HOW_TO_SUPPLY = (
+    "pass a local weights file with --set model.weights=PATH (safetensors or torch state dict), "
+    "or train from scratch with --set model.pretrained=false"
+)
+
+
+def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
+    """Create timm model `name` with a new `num_classes` head on pretrained/random weights."""
+    kwargs = {"num_classes": num_classes, "drop_rate": params.drop_rate}
+    if not params.pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if params.weights:
+        path = Path(params.weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.weights: no such file {path}")
+        try:
+            return timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        except Exception as e:  # any failure to read or match the file is the file's fault
+            first_line = (
+                str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            )
+            raise UserError(
+                f"model.weights: {path} does not load into {name}: {first_line}"
+            ) from e
+    _check_download_possible(name)
+    return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def _check_download_possible(name: str) -> None:
+    """Fail in seconds, not after a minute of hub retries, when weights cannot be downloaded."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    if hub_id is None:
+        raise UserError(f"timm has no downloadable weights for {name}: {HOW_TO_SUPPLY}")
+    cached = try_to_load_from_cache(hub_id, "model.safetensors") or try_to_load_from_cache(
+        hub_id, "pytorch_model.bin"
+    )
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(
+            f"HF_HUB_OFFLINE is set and {name} weights are not cached: {HOW_TO_SUPPLY}"
+        )
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise UserError(
+            f"cannot download ImageNet weights for {name}: {host}:{port} unreachable ({e}); "
+            f"{HOW_TO_SUPPLY}"
+        ) from e

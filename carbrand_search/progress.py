@@ -1,0 +1,84 @@
+"""Rich progress for the terminal: cache building and training epochs."""
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from carbrand_search.train import EpochMetrics
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+class CacheProgress:
+    """`on_progress(split, done, total)` for the decode-once cache, as a bar per split."""
+
+    def __init__(self, console: Console):
+        self.progress = _bar(console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "CacheProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, split: str, done: int, total: int) -> None:
+        if split not in self.tasks:
+            self.tasks[split] = self.progress.add_task(f"decoding {split}", total=total, note="")
+        self.progress.update(self.tasks[split], completed=done)
+
+
+def format_epoch(m: EpochMetrics, epochs: int, best: bool) -> str:
+    return (
+        f"epoch {m.epoch:>2}/{epochs}  train loss {m.train_loss:.3f}  val loss {m.val_loss:.3f}  "
+        f"acc {m.val_accuracy:.3f}  macro-F1 {m.val_macro_f1:.3f}  "
+        f"top-class {m.top_class_share:.2f}  loss/ln(C) {m.loss_ratio:.2f}  "
+        f"lr {m.lr:.2e}  {m.seconds:.1f}s" + ("  [green]best[/]" if best else "")
+    )
+
+
+class RichTrainListener:
+    """A bar over each epoch's batches with the running loss, then one line of metrics."""
+
+    def __init__(self, console: Console, monitor: str):
+        self.console = console
+        self.monitor = monitor
+        self.progress = _bar(console)
+        self.task: int | None = None
+        self.epochs = 0
+        self.loss_sum = 0.0
+        self.batches = 0
+        self.best: float | None = None
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        self.epochs, self.loss_sum, self.batches = epochs, 0.0, 0
+        self.progress.start()
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, note="")
+
+    def batch_end(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.batches += 1
+        assert self.task is not None
+        self.progress.update(self.task, advance=1, note=f"loss {self.loss_sum / self.batches:.3f}")
+
+    def epoch_end(self, metrics: EpochMetrics) -> None:
+        self.progress.stop()
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        value = metrics.value(self.monitor)
+        better = self.best is None or (
+            value < self.best if self.monitor == "val_loss" else value > self.best
+        )
+        if better:
+            self.best = value
+        self.console.print(format_epoch(metrics, self.epochs, better))

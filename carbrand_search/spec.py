@@ -1,0 +1,360 @@
+"""Study files (TOML) as frozen dataclasses; unknown keys and bad ranges are rejected by name."""
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from carbrand_search import models
+from carbrand_search.errors import UserError
+from carbrand_search.fields import build, coerce, field_types, parse_literal, replace
+
+Metric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are cached and augmented."""
+
+    cache_size: int = 256  # side of the square each image is decoded to, once
+    fit: Literal["crop", "pad", "stretch"] = "crop"  # how a photo becomes that square
+    image_size: int = 224  # side the model sees
+    crop: Literal["random", "resized"] = "random"  # RandomCrop or RandomResizedCrop for training
+    min_scale: float = 0.35  # smallest area share of a resized crop
+    hflip: bool = True
+    color_jitter: float = 0.1  # brightness/contrast/saturation strength
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.image_size <= self.cache_size:
+            raise ValueError(
+                f"data.image_size must be in [8, data.cache_size={self.cache_size}], "
+                f"got {self.image_size}"
+            )
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 5e-5
+    momentum: float = 0.9  # SGD and RMSprop
+    nesterov: bool = False  # SGD
+    label_smoothing: float = 0.05
+    scheduler: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    warmup_epochs: int = 0
+    freeze_epochs: int = 0  # epochs training only the classifier head
+    class_weights: Literal["none", "balanced"] = "none"
+    monitor: Metric = "val_macro_f1"  # picks the best epoch and is the study's objective
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "momentum": 0 <= self.momentum < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "plateau_patience": self.plateau_patience >= 0,
+            "plateau_factor": 0 < self.plateau_factor < 1,
+            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
+            "freeze_epochs": 0 <= self.freeze_epochs < self.epochs,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"train.{name} is out of range: {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registry model name and its typed hyperparameters."""
+
+    name: str
+    params: Any  # the model's own frozen params dataclass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, keys as in the study file."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter: a range (Optuna's low/high/step/log) or a list of choices."""
+
+    key: str  # dotted field name, e.g. "train.lr"; also the Optuna parameter name
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    is_int: bool = False
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: Literal["tpe", "random", "gp"] = "tpe"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Collapse pruning plus, optionally, one of Optuna's own pruners."""
+
+    collapse: bool = True
+    warmup_epochs: int = 1
+    max_top_class_share: float = 0.9
+    loss_tolerance: float = 0.02  # |val_loss / ln(classes) - 1| within this counts as stuck
+    patience: int = 2
+    optuna: Literal["none", "median", "hyperband"] = "median"
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs < 0 or self.patience < 1:
+            raise ValueError("pruner.warmup_epochs must be >= 0 and pruner.patience >= 1")
+        if not 0 < self.max_top_class_share <= 1:
+            raise ValueError(
+                f"pruner.max_top_class_share must be in (0, 1], got {self.max_top_class_share}"
+            )
+        if not 0 <= self.loss_tolerance < 1:
+            raise ValueError(f"pruner.loss_tolerance must be in [0, 1), got {self.loss_tolerance}")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study file, loaded and validated."""
+
+    name: str
+    path: Path
+    text: str
+    description: str
+    n_trials: int
+    base: RunConfig
+    space: tuple[ParamSpec, ...]
+    sampler: SamplerConfig
+    pruner: PrunerConfig
+
+    @property
+    def text_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        return "minimize" if self.base.train.monitor == "val_loss" else "maximize"
+
+    def defaults(self) -> dict[str, Any]:
+        """Each searched parameter at its declared default."""
+        return {p.key: p.default for p in self.space}
+
+    def resolve(self, params: Mapping[str, Any]) -> RunConfig:
+        """The run config with `params` (dotted keys) applied to the file's fixed settings."""
+        return with_values(self.base, params)
+
+
+TOP_LEVEL = {"study", "data", "model", "train", "space", "sampler", "pruner"}
+SECTIONS = ("data", "model", "train")
+
+
+def studies_dir() -> Path:
+    """Where study names are looked up: $CARBRAND_STUDIES, ./studies, or the repo's studies/."""
+    if "CARBRAND_STUDIES" in os.environ:
+        return Path(os.environ["CARBRAND_STUDIES"])
+    local = Path("studies")
+    return local if local.is_dir() else Path(__file__).resolve().parents[1] / "studies"
+
+
+def available_studies() -> list[str]:
+    return sorted(p.stem for p in studies_dir().glob("*.toml"))
+
+
+def find_study(name_or_path: str) -> Path:
+    """A study name (`cnn-hpo`) or a path to a .toml file → the file's path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    path = studies_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(available_studies()) or "none"
+        raise UserError(f"unknown study {name_or_path!r} in {studies_dir()} (available: {known})")
+    return path
+
+
+def load_spec(name_or_path: str) -> StudySpec:
+    """Load and validate a study file; every problem is a UserError naming the file and key."""
+    path = find_study(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+        return _parse(path, text, raw)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from e
+    except (ValueError, UserError) as e:
+        raise UserError(f"{path}: {e}") from e
+
+
+def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise ValueError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(TOP_LEVEL))})")
+    study = dict(raw.get("study", {}))
+    description = coerce(study.pop("description", ""), str, "study.description")
+    n_trials = coerce(study.pop("n_trials", 20), int, "study.n_trials")
+    if study:
+        raise ValueError(
+            f"unknown key study.{sorted(study)[0]} (known keys: description, n_trials)"
+        )
+    if n_trials < 1:
+        raise ValueError(f"study.n_trials must be >= 1, got {n_trials}")
+    model_table = dict(raw.get("model", {}))
+    if "name" not in model_table:
+        raise ValueError(f"model.name is required (one of {', '.join(sorted(models.REGISTRY))})")
+    model_name = coerce(model_table.pop("name"), str, "model.name")
+    base = RunConfig(
+        data=build(DataConfig, raw.get("data", {}), "data"),
+        model=ModelConfig(
+            model_name, build(models.entry(model_name).params, model_table, "model")
+        ),
+        train=build(TrainConfig, raw.get("train", {}), "train"),
+    )
+    space = tuple(_parse_space(base, raw.get("space", {})))
+    spec = StudySpec(
+        name=path.stem,
+        path=path,
+        text=text,
+        description=description,
+        n_trials=n_trials,
+        base=base,
+        space=space,
+        sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),
+        pruner=build(PrunerConfig, raw.get("pruner", {}), "pruner"),
+    )
+    spec.resolve(spec.defaults())  # the defaults together must make a valid config
+    return spec
+
+
+def field_type(config: RunConfig, key: str) -> Any:
+    """The type of dotted field `key` ("train.lr", "model.dropout"), or ValueError if unknown."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise ValueError(f"unknown key {key} (keys look like data.X, model.X or train.X)")
+    if key == "model.name":
+        return str
+    owner = config.model.params if section == "model" else getattr(config, section)
+    types_ = field_types(type(owner))
+    if name not in types_:
+        raise ValueError(f"unknown key {key} (known keys: {', '.join(sorted(types_))})")
+    return types_[name]
+
+
+def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """Copy of `config` with dotted fields set, type-checked, each section validated once."""
+    changes: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for key in values:
+        field_type(config, key)
+        section, _, name = key.partition(".")
+        changes[section][name] = values[key]
+    model = config.model
+    if "name" in changes["model"]:
+        name = coerce(changes["model"].pop("name"), str, "model.name")
+        model = ModelConfig(name, build(models.entry(name).params, asdict(model.params), "model"))
+    return RunConfig(
+        data=replace(config.data, changes["data"], "data"),
+        model=ModelConfig(model.name, replace(model.params, changes["model"], "model")),
+        train=replace(config.train, changes["train"], "train"),
+    )
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply `--set key=value` strings together; errors name the override."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+        values[key.strip()] = parse_literal(text.strip())
+    try:
+        return with_values(config, values)
+    except (ValueError, UserError) as e:
+        raise UserError(f"--set: {e}") from e
+
+
+RANGE_KEYS = {"low", "high", "step", "log", "default"}
+CHOICE_KEYS = {"choices", "default"}
+
+
+def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]:
+    for section, params in raw.items():
+        if not isinstance(params, Mapping):
+            raise ValueError(f"space.{section} must be a table of parameters")
+        for name, table in params.items():
+            key = f"{section}.{name}"
+            if not isinstance(table, Mapping):
+                raise ValueError(f"space.{key} must be a table with low/high or choices")
+            yield _parse_param(key, field_type(base, key), table)
+
+
+def _parse_param(key: str, tp: Any, table: Mapping[str, Any]) -> ParamSpec:
+    where = f"space.{key}"
+    if "default" not in table:
+        raise ValueError(f"{where}: missing 'default' (the value `train` uses)")
+    if "choices" in table:
+        extra = sorted(set(table) - CHOICE_KEYS)
+        if extra:
+            raise ValueError(f"{where}: unknown key {extra[0]!r} beside choices")
+        choices = table["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{where}.choices must be a non-empty list")
+        typed = tuple(coerce(c, tp, f"{where}.choices") for c in choices)
+        default = coerce(table["default"], tp, f"{where}.default")
+        if default not in typed:
+            raise ValueError(f"{where}.default {table['default']!r} is not one of the choices")
+        return ParamSpec(key, default, choices=typed)
+    extra = sorted(set(table) - RANGE_KEYS)
+    if extra:
+        raise ValueError(f"{where}: unknown key {extra[0]!r} (use low/high/step/log or choices)")
+    if tp not in (int, float):
+        raise ValueError(f"{where}: {key} is not numeric; search it with choices = [...]")
+    if "low" not in table or "high" not in table:
+        raise ValueError(f"{where}: a range needs both low and high")
+    low = coerce(table["low"], tp, f"{where}.low")
+    high = coerce(table["high"], tp, f"{where}.high")
+    log = coerce(table.get("log", False), bool, f"{where}.log")
+    step = coerce(table["step"], tp, f"{where}.step") if "step" in table else None
+    default = coerce(table["default"], tp, f"{where}.default")
+    if not low < high:
+        raise ValueError(f"{where}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"{where}: log=true needs low > 0, got {low}")
+    if log and step is not None:
+        raise ValueError(f"{where}: step and log=true cannot be combined")
+    if step is not None and step <= 0:
+        raise ValueError(f"{where}.step must be > 0, got {step}")
+    if not low <= default <= high:
+        raise ValueError(f"{where}.default {default} is outside [{low}, {high}]")
+    return ParamSpec(key, default, low=low, high=high, step=step, log=log, is_int=tp is int)

@@ -1,0 +1,273 @@
+"""Plain PyTorch training: `fit` with per-epoch metrics and collapse signals; no Optuna."""
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from sklearn.utils.class_weight import compute_class_weight
+from torch import Tensor, nn
+
+from carbrand_search.augment import Augment
+from carbrand_search.loader import DeviceSplit
+from carbrand_search.spec import TrainConfig
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch's numbers; the last two are the collapse signals."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    top_class_share: float  # share of val predictions in the most-predicted class
+    loss_ratio: float  # val loss / ln(num_classes); ≈ 1 means the model learned nothing
+    lr: float
+    seconds: float
+
+    def value(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class TrainListener(Protocol):
+    """Receives progress from `fit`; may raise to stop training (e.g. optuna.TrialPruned)."""
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+
+    def batch_end(self, loss: float) -> None: ...
+
+    def epoch_end(self, metrics: EpochMetrics) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics]
+    best_epoch: int
+    best_state: dict[str, Tensor]
+
+    @property
+    def best(self) -> EpochMetrics:
+        return self.history[self.best_epoch - 1]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so CPU runs repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.RMSprop(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+class LRSchedule:
+    """Warm-up plus the configured scheduler, stepped per batch or (plateau) per epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        total = cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler
+        self.per_batch: Any = None
+        self.plateau: sched.ReduceLROnPlateau | None = None
+        self.mode = "min" if cfg.monitor == "val_loss" else "max"
+        warm = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
+        if cfg.scheduler == "onecycle":
+            pct = warmup / total if warmup else 0.3
+            self.per_batch = sched.OneCycleLR(
+                optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct
+            )
+        elif cfg.scheduler == "cosine":
+            cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+            self.per_batch = (
+                sched.SequentialLR(optimizer, [warm, cosine], milestones=[warmup])
+                if warm
+                else cosine
+            )
+        else:
+            self.per_batch = warm
+            if cfg.scheduler == "plateau":
+                self.plateau = sched.ReduceLROnPlateau(
+                    optimizer,
+                    mode=self.mode,
+                    factor=cfg.plateau_factor,
+                    patience=cfg.plateau_patience,
+                )
+        # Per-batch schedulers run the whole way; with plateau/none only the warm-up is per batch.
+        self.batch_steps = total if self.plateau is None and cfg.scheduler != "none" else warmup
+        self.steps = 0
+
+    def after_batch(self) -> None:
+        if self.per_batch is not None and self.steps < self.batch_steps:
+            self.per_batch.step()
+        self.steps += 1
+
+    def after_epoch(self, monitored: float) -> None:
+        if self.plateau is not None and self.steps >= self.batch_steps:
+            self.plateau.step(monitored)
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> None:
+    head = {id(p) for p in model.get_classifier().parameters()}  # type: ignore[operator]
+    for p in model.parameters():
+        p.requires_grad_(not frozen or id(p) in head)
+
+
+def _autocast(device: torch.device, enabled: bool) -> Any:
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, split: DeviceSplit, augment: Augment, batch_size: int, amp: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Logits (float32, CPU) and labels (CPU) for a whole split, centre-cropped."""
+    model.eval()
+    device = split.images.device
+    outputs, labels = [], []
+    for images, y in split.batches(batch_size):
+        with _autocast(device, amp):
+            outputs.append(model(_to_model(augment.eval_batch(images), device)).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def _to_model(x: Tensor, device: torch.device) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _val_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    preds = logits.argmax(1)
+    counts = torch.bincount(preds, minlength=num_classes)
+    return {
+        "val_loss": loss,
+        "val_accuracy": (preds == labels).float().mean().item(),
+        "val_macro_f1": float(
+            f1_score(labels, preds, average="macro", labels=range(num_classes), zero_division=0)
+        ),
+        "top_class_share": counts.max().item() / len(labels),
+        "loss_ratio": loss / math.log(num_classes) if math.isfinite(loss) else math.inf,
+    }
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _train_batches(
+    train: DeviceSplit, batch_size: int, shuffle: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
+    return (b for b in train.batches(batch_size, shuffle) if b[1].shape[0] > 1)
+
+
+def fit(
+    model: nn.Module,
+    train: DeviceSplit,
+    val: DeviceSplit,
+    augment: Augment,
+    cfg: TrainConfig,
+    num_classes: int,
+    listener: TrainListener | None = None,
+) -> FitResult:
+    """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`."""
+    device = train.images.device
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    weights = None
+    if cfg.class_weights == "balanced":
+        y = train.labels.cpu().numpy()
+        weights = torch.tensor(
+            compute_class_weight("balanced", classes=np.arange(num_classes), y=y),
+            dtype=torch.float32,
+        ).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    optimizer = _optimizer(model, cfg)
+    steps = train.num_batches(cfg.batch_size)
+    schedule = LRSchedule(optimizer, cfg, steps)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    history: list[EpochMetrics] = []
+    best_state: dict[str, Tensor] = {}
+    best_value, best_epoch = -math.inf, cfg.epochs
+    sign = -1.0 if cfg.monitor == "val_loss" else 1.0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        _set_frozen(model, epoch <= cfg.freeze_epochs)
+        if listener:
+            listener.epoch_start(epoch, cfg.epochs, steps)
+        model.train()
+        total_loss, seen = 0.0, 0
+        for images, labels in _train_batches(train, cfg.batch_size, shuffle):
+            x = _to_model(augment.train_batch(images, aug_gen), device)
+            with _autocast(device, cfg.amp):
+                loss = criterion(model(x).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.after_batch()
+            batch_loss = loss.item()
+            total_loss += batch_loss * labels.shape[0]
+            seen += labels.shape[0]
+            if listener:
+                listener.batch_end(batch_loss)
+        logits, labels = predict(model, val, augment, cfg.batch_size * 2, cfg.amp)
+        values = _val_metrics(logits, labels, num_classes)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=total_loss / max(seen, 1),
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - start,
+            **values,
+        )
+        history.append(metrics)
+        monitored = metrics.value(cfg.monitor)
+        schedule.after_epoch(monitored)
+        if math.isfinite(monitored) and sign * monitored > best_value:
+            best_value, best_epoch = sign * monitored, epoch
+            best_state = _cpu_state(model)
+        if listener:
+            listener.epoch_end(metrics)
+    if not best_state:  # every epoch diverged: keep the last weights so the run still has them
+        best_state = _cpu_state(model)
+    model.load_state_dict(best_state)
+    return FitResult(history, best_epoch, best_state)
