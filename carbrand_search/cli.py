@@ -16,7 +16,7 @@ from carbrand_search.errors import UserError
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,10 +60,10 @@ def data_demo(
     """Write a small synthetic car-brand dataset (train/val/test) to try everything on a CPU."""
     from carbrand_search.demo import DemoSpec, write_demo
 
-    counts = write_demo(folder, DemoSpec(classes, per_class, size, seed))
+    counts, written = write_demo(folder, DemoSpec(classes, per_class, size, seed))
     console.print(
-        f"wrote {sum(counts.values())} images of {classes} brands to {folder} "
-        f"(train {counts['train']}, val {counts['val']}, test {counts['test']})"
+        f"{'wrote' if written else 'already there:'} {sum(counts.values())} images of {classes} "
+        f"brands in {folder} (train {counts['train']}, val {counts['val']}, test {counts['test']})"
     )
 
 

@@ -172,8 +172,8 @@ class SplitSummary:
     @property
     def balance(self) -> float:
         """Smallest class over largest class (1.0 = balanced)."""
-        counts = list(self.per_class.values())
-        return min(counts) / max(counts) if counts and max(counts) else 0.0
+        counts: list[int] = list(self.per_class.values())
+        return min(counts) / max(counts) if counts else 0.0
 
 
 def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:

@@ -5,8 +5,9 @@ background, position, scale, facing and a viewpoint-like shear are random for ev
 model has to find the brand cues rather than memorise pictures.
 """
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,20 +176,27 @@ def draw_car(rng: np.random.Generator, brand: int, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def write_demo(root: Path, spec: DemoSpec) -> dict[str, int]:
-    """Write train/val/test brand folders of JPEGs under `root`; returns images per split."""
+def write_demo(root: Path, spec: DemoSpec) -> tuple[dict[str, int], bool]:
+    """Write train/val/test brand folders of JPEGs under `root`.
+
+    Returns images per split and whether they were written now (False: the same demo was
+    already there, so running the README's first command twice is harmless).
+    """
     root = Path(root)
+    marker = root / "demo.json"
+    n_eval = max(2, round(spec.per_class * 0.15))
+    counts = {"train": spec.per_class - 2 * n_eval, "val": n_eval, "test": n_eval}
+    totals = {split: count * spec.classes for split, count in counts.items()}
+    if marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+        return totals, False
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} is not empty; choose a new folder for the demo data")
     rng = np.random.default_rng(spec.seed)
-    n_eval = max(2, round(spec.per_class * 0.15))
-    counts = {"train": spec.per_class - 2 * n_eval, "val": n_eval, "test": n_eval}
-    written = dict.fromkeys(counts, 0)
     for brand in range(spec.classes):
         for split, count in counts.items():
             folder = root / split / brand_name(brand)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 draw_car(rng, brand, spec.size).save(folder / f"{i:05d}.jpg", quality=90)
-                written[split] += 1
-    return written
+    marker.write_text(json.dumps(asdict(spec)))
+    return totals, True

@@ -1,7 +1,14 @@
 """Rich progress for the terminal: cache building and training epochs."""
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from carbrand_search.train import EpochMetrics
 
@@ -23,7 +30,7 @@ class CacheProgress:
 
     def __init__(self, console: Console):
         self.progress = _bar(console)
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> "CacheProgress":
         self.progress.start()
@@ -54,7 +61,7 @@ class RichTrainListener:
         self.console = console
         self.monitor = monitor
         self.progress = _bar(console)
-        self.task: int | None = None
+        self.task: TaskID | None = None
         self.epochs = 0
         self.loss_sum = 0.0
         self.batches = 0

@@ -20,6 +20,7 @@ def suggest(trial: optuna.Trial, param: ParamSpec) -> Any:
     if param.choices:
         label = trial.suggest_categorical(param.key, [_label(c) for c in param.choices])
         return decode_value(param, label)
+    assert param.low is not None and param.high is not None
     if param.is_int:
         step = int(param.step) if param.step is not None else 1
         return trial.suggest_int(

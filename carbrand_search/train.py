@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class LRSchedule:
         sched = torch.optim.lr_scheduler
         self.per_batch: Any = None
         self.plateau: sched.ReduceLROnPlateau | None = None
-        self.mode = "min" if cfg.monitor == "val_loss" else "max"
+        self.mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
         warm = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
         if cfg.scheduler == "onecycle":
             pct = warmup / total if warmup else 0.3
@@ -173,7 +173,7 @@ def _to_model(x: Tensor, device: torch.device) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def _val_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+def val_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
     loss = nn.functional.cross_entropy(logits, labels).item()
     preds = logits.argmax(1)
     counts = torch.bincount(preds, minlength=num_classes)
@@ -251,7 +251,7 @@ def fit(
             if listener:
                 listener.batch_end(batch_loss)
         logits, labels = predict(model, val, augment, cfg.batch_size * 2, cfg.amp)
-        values = _val_metrics(logits, labels, num_classes)
+        values = val_metrics(logits, labels, num_classes)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=total_loss / max(seen, 1),

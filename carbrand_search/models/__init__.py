@@ -30,21 +30,24 @@ class ModelEntry:
 
 def _timm_entry(name: str, cam_layer: Callable[[nn.Module], nn.Module]) -> ModelEntry:
     cfg = timm.models.get_pretrained_cfg(name)
+    assert cfg is not None, f"timm knows no pretrained config for {name}"
     return ModelEntry(partial(build_timm, name), TimmParams, cam_layer, cfg.mean, cfg.std)
 
 
-def _efficientnet_cam(model: nn.Module) -> nn.Module:
+def _efficientnet_cam(model: Any) -> nn.Module:
     return model.bn2  # the last 1280-channel map, after its activation
 
 
-def _convnext_cam(model: nn.Module) -> nn.Module:
+def _small_cnn_cam(model: Any) -> nn.Module:
+    return model.features[-1].act
+
+
+def _convnext_cam(model: Any) -> nn.Module:
     return model.stages[-1]
 
 
 REGISTRY: dict[str, ModelEntry] = {
-    "small_cnn": ModelEntry(
-        SmallCNN, SmallCNNParams, lambda m: m.features[-1].act, IMAGENET_MEAN, IMAGENET_STD
-    ),
+    "small_cnn": ModelEntry(SmallCNN, SmallCNNParams, _small_cnn_cam, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_b0": _timm_entry("efficientnet_b0", _efficientnet_cam),
     "efficientnet_b2": _timm_entry("efficientnet_b2", _efficientnet_cam),
     "efficientnet_b3": _timm_entry("efficientnet_b3", _efficientnet_cam),

@@ -10,7 +10,7 @@ class SmallCNNParams:
     """Hyperparameters of `small_cnn`: the seed's SmallCarCNN by default; `batch_norm` for _BN."""
 
     filters: tuple[int, ...] = (32, 64, 128)
-    kernel_sizes: tuple[int, ...] = (3,)
+    kernel_sizes: tuple[int, ...] = (3,)  # per block; the last repeats for further blocks
     dense_units: int = 256
     dropout: float = 0.3
     batch_norm: bool = False
@@ -18,10 +18,10 @@ class SmallCNNParams:
     def __post_init__(self) -> None:
         if not self.filters or min(self.filters) < 1:
             raise ValueError(f"model.filters must be positive integers, got {list(self.filters)}")
-        if len(self.kernel_sizes) not in (1, len(self.filters)):
+        if not 1 <= len(self.kernel_sizes) <= len(self.filters):
             raise ValueError(
-                f"model.kernel_sizes needs 1 entry or one per block ({len(self.filters)}), "
-                f"got {list(self.kernel_sizes)}"
+                f"model.kernel_sizes needs 1 to {len(self.filters)} entries (one per block, the "
+                f"last repeating), got {list(self.kernel_sizes)}"
             )
         if min(self.kernel_sizes) < 1 or any(k % 2 == 0 for k in self.kernel_sizes):
             raise ValueError(f"model.kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
@@ -53,7 +53,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int, params: SmallCNNParams):
         super().__init__()
-        kernels = params.kernel_sizes * (len(params.filters) // len(params.kernel_sizes))
+        extra = len(params.filters) - len(params.kernel_sizes)
+        kernels = params.kernel_sizes + params.kernel_sizes[-1:] * extra
         channels = (3, *params.filters)
         self.features = nn.Sequential(
             *(

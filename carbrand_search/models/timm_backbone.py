@@ -4,6 +4,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -33,7 +34,7 @@ HOW_TO_SUPPLY = (
 
 def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
     """Create timm model `name` with a new `num_classes` head on pretrained/random weights."""
-    kwargs = {"num_classes": num_classes, "drop_rate": params.drop_rate}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": params.drop_rate}
     if not params.pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if params.weights:
@@ -41,7 +42,7 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
         if not path.is_file():
             raise UserError(f"model.weights: no such file {path}")
         try:
-            return timm.create_model(
+            model: Any = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
         except Exception as e:  # any failure to read or match the file is the file's fault
@@ -51,15 +52,22 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
             raise UserError(
                 f"model.weights: {path} does not load into {name}: {first_line}"
             ) from e
-    _check_download_possible(name)
-    return timm.create_model(name, pretrained=True, **kwargs)
+    else:
+        _check_download_possible(name)
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    # timm initialises EfficientNet heads with a fan-out range (±1/sqrt(classes)): on 1280
+    # pretrained features that gives logits of ±20 and a first loss of 5+ for 5 classes.
+    # A fan-in initialised head starts near ln(classes).
+    model.reset_classifier(num_classes)
+    return model
 
 
 def _check_download_possible(name: str) -> None:
     """Fail in seconds, not after a minute of hub retries, when weights cannot be downloaded."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = cfg.hf_hub_id if cfg else None
     if hub_id is None:
         raise UserError(f"timm has no downloadable weights for {name}: {HOW_TO_SUPPLY}")
     cached = try_to_load_from_cache(hub_id, "model.safetensors") or try_to_load_from_cache(

@@ -1,0 +1,90 @@
+"""The model registry: every model trains a step; weights load from a file or fail clearly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED
+from huggingface_hub import constants as hf_constants
+
+from carbrand_search import models
+from carbrand_search.errors import UserError
+
+LITE0 = SHARED / "weights" / "tf_efficientnet_lite0_timm.safetensors"
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_forward_backward_shape_no_nan(name: str) -> None:
+    params = {} if name == "small_cnn" else {"pretrained": False}
+    model = models.create(name, 5, **params)
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(out).all()
+    layer = models.entry(name).cam_layer(model)
+    assert any(m is layer for m in model.modules())
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_small_cnn_blocks_follow_params(batch_norm: bool) -> None:
+    model = models.create(
+        "small_cnn", 33, filters=[16, 32, 64, 128], kernel_sizes=[7, 5, 3], batch_norm=batch_norm
+    )
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 128]
+    assert [c.kernel_size[0] for c in convs] == [7, 5, 3, 3]
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn is batch_norm
+
+
+def test_bad_params_are_named() -> None:
+    with pytest.raises(UserError, match=r"model\.kernel_sizes needs 1 to 2 entries"):
+        models.create("small_cnn", 3, filters=[8, 16], kernel_sizes=[3, 3, 3])
+    with pytest.raises(UserError, match=r"unknown key model\.width"):
+        models.create("small_cnn", 3, width=2)
+    with pytest.raises(UserError, match=r"unknown model 'resnet9000'.*small_cnn"):
+        models.create("resnet9000", 3)
+
+
+@pytest.mark.skipif(not LITE0.is_file(), reason="shared ImageNet weights not present")
+def test_local_weights_file_loads() -> None:
+    model = models.create("tf_efficientnet_lite0", 4, weights=str(LITE0))
+    from safetensors.torch import load_file
+
+    stored = load_file(str(LITE0))
+    assert torch.equal(model.state_dict()["conv_stem.weight"], stored["conv_stem.weight"])
+    assert model.get_classifier().out_features == 4
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"model.weights: no such file .*nope\.safetensors"):
+        models.create("efficientnet_b0", 4, weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_garbage_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match=r"junk\.safetensors does not load into efficientnet_b0"):
+        models.create("efficientnet_b0", 4, weights=str(junk))
+
+
+def test_unreachable_hub_without_file_says_how_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(UserError, match=r"cannot download ImageNet weights.*model.weights=PATH"):
+        models.create("efficientnet_b0", 4)
+
+
+def test_hf_offline_without_file_says_how_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"HF_HUB_OFFLINE is set.*model.pretrained=false"):
+        models.create("efficientnet_b0", 4)

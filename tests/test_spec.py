@@ -1,0 +1,166 @@
+"""Study files: shipped ones load; bad keys, types and ranges are rejected by name."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO
+
+from carbrand_search.errors import UserError
+from carbrand_search.space import decode, sample
+from carbrand_search.spec import apply_overrides, load_spec
+
+MINIMAL = """
+[model]
+name = "small_cnn"
+
+[space.train.lr]
+low = 1e-4
+high = 1e-2
+log = true
+default = 1e-3
+"""
+
+
+def _study(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["cnn-hpo", "cnn-bn-hpo", "effnet-b0"])
+def test_shipped_studies_load(name: str) -> None:
+    spec = load_spec(name)
+    assert spec.name == name
+    assert spec.text == (REPO / "studies" / f"{name}.toml").read_text()
+    assert spec.space
+
+
+def test_cnn_defaults_reproduce_the_seed_recipe() -> None:
+    spec = load_spec("cnn-hpo")
+    config = spec.resolve(spec.defaults())
+    assert config.model.params.filters == (32, 64, 128)
+    assert config.model.params.dense_units == 256
+    assert (config.train.optimizer, config.train.lr, config.train.weight_decay) == (
+        "adamw",
+        3e-3,
+        5e-5,
+    )
+    assert (config.train.label_smoothing, config.train.scheduler) == (0.05, "plateau")
+    assert (config.data.cache_size, config.data.image_size, config.data.crop) == (
+        256,
+        224,
+        "random",
+    )
+    assert load_spec("cnn-bn-hpo").resolve({}).model.params.batch_norm is True
+    effnet = load_spec("effnet-b0")
+    e = effnet.resolve(effnet.defaults())
+    assert (e.model.name, e.train.epochs, e.train.freeze_epochs, e.train.scheduler) == (
+        "efficientnet_b0",
+        8,
+        2,
+        "cosine",
+    )
+    assert (e.train.lr, e.train.weight_decay) == (3e-4, 1e-4)
+
+
+def test_unknown_study_lists_available() -> None:
+    with pytest.raises(UserError, match=r"unknown study 'nope'.*available: cnn-bn-hpo, cnn-hpo"):
+        load_spec("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + "\n[train]\nepochz = 3\n", r"unknown key train\.epochz"),
+        (MINIMAL + "\n[extra]\n", r"unknown section \[extra\]"),
+        (
+            MINIMAL.replace("low = 1e-4", "low = 1e-1"),
+            r"space\.train\.lr: low \(0\.1\) must be below high",
+        ),
+        (
+            MINIMAL.replace("default = 1e-3", "default = 0.5"),
+            r"space\.train\.lr\.default 0\.5 is outside",
+        ),
+        (
+            MINIMAL + '\n[train]\nepochs = "ten"\n',
+            r"train\.epochs: expected an integer, got 'ten'",
+        ),
+        (
+            MINIMAL
+            + '\n[space.train.optimizer]\nchoices = ["adamw", "lion"]\ndefault = "adamw"\n',
+            r"space\.train\.optimizer\.choices: expected one of",
+        ),
+        (
+            MINIMAL + "\n[space.train.nope]\nlow = 1\nhigh = 2\ndefault = 1\n",
+            r"unknown key train\.nope",
+        ),
+        (
+            MINIMAL + "\n[space.model.batch_norm]\nlow = 0\nhigh = 1\ndefault = 0\n",
+            r"model\.batch_norm is not numeric",
+        ),
+        (MINIMAL.replace('name = "small_cnn"', 'name = "vgg"'), r"unknown model 'vgg'"),
+        (
+            MINIMAL + "\n[data]\nimage_size = 300\n",
+            r"data\.image_size must be in \[8, data\.cache_size=256\]",
+        ),
+        (
+            "[model]\nname = 'small_cnn'\n[space.train.lr]\nlow = 0.0\nhigh = 1.0\nlog = true\ndefault = 0.5\n",
+            r"log=true needs low > 0",
+        ),
+        ("[study]\nn_trials = 3\n", r"model\.name is required"),
+        ("[model\nname=", r"not valid TOML"),
+    ],
+)
+def test_bad_study_files_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(_study(tmp_path, text))
+    assert str(tmp_path / "s.toml") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_overrides_are_type_checked_and_applied_together() -> None:
+    spec = load_spec("cnn-hpo")
+    base = spec.resolve(spec.defaults())
+    config = apply_overrides(
+        base,
+        ["data.cache_size=64", "data.image_size=56", "model.filters=[8, 16]", "train.lr=0.01"],
+    )
+    assert (config.data.cache_size, config.data.image_size) == (64, 56)
+    assert config.model.params.filters == (8, 16)
+    assert config.train.lr == 0.01
+    with pytest.raises(UserError, match=r"--set: train\.epochs: expected an integer, got 'many'"):
+        apply_overrides(base, ["train.epochs=many"])
+    with pytest.raises(UserError, match=r"unknown key train\.epoch \(known keys:"):
+        apply_overrides(base, ["train.epoch=3"])
+    with pytest.raises(UserError, match=r"expected key=value"):
+        apply_overrides(base, ["train.epochs"])
+
+
+def test_switching_model_keeps_shared_params(tmp_path: Path) -> None:
+    spec = load_spec("effnet-b0")
+    config = apply_overrides(
+        spec.resolve({}), ["model.name=tf_efficientnet_lite0", "model.drop_rate=0.3"]
+    )
+    assert config.model.name == "tf_efficientnet_lite0"
+    assert config.model.params.drop_rate == 0.3
+    with pytest.raises(UserError, match=r"unknown key model\.(pretrained|weights|drop_rate)"):
+        apply_overrides(spec.resolve({}), ["model.name=small_cnn"])
+
+
+def test_space_samples_in_range_and_round_trips_through_storage() -> None:
+    spec = load_spec("cnn-hpo")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(5):
+        trial = study.ask()
+        params = sample(trial, spec)
+        study.tell(trial, 0.0)
+        assert 1e-4 <= params["train.lr"] <= 1e-2
+        assert params["model.filters"] in [
+            (16, 32, 64),
+            (32, 64, 128),
+            (64, 128, 256),
+            (32, 64, 128, 256),
+        ]
+        assert decode(spec, study.trials[-1].params) == params
+        spec.resolve(params)  # every sampled point is a valid configuration

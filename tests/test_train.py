@@ -1,0 +1,177 @@
+"""Training: the CLI writes a usable run; small CNNs learn the demo data; runs repeat exactly."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from carbrand_search.augment import Augment
+from carbrand_search.cli import app
+from carbrand_search.job import augment_for, build_model, load_training_data, train_config
+from carbrand_search.spec import DataConfig, RunConfig, apply_overrides, load_spec
+from carbrand_search.train import EpochMetrics, fit, val_metrics
+
+runner = CliRunner()
+SMALL = [
+    "data.cache_size=64",
+    "data.image_size=56",
+    "model.batch_norm=true",
+    "train.batch_size=16",
+]
+
+
+def small_config(*overrides: str) -> RunConfig:
+    spec = load_spec("cnn-hpo")
+    return apply_overrides(spec.resolve(spec.defaults()), [*SMALL, *overrides])
+
+
+def test_train_cli_writes_checkpoint_config_and_metrics(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = [a for s in [*SMALL, "train.epochs=2"] for a in ("--set", s)]
+    result = runner.invoke(
+        app, ["train", "cnn-hpo", "--data", str(demo_root), "--out", str(out), *sets]
+    )
+    assert result.exit_code == 0, result.output
+    assert "epoch  2/2" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics["history"]] == [1, 2]
+    assert metrics["best"] == metrics["history"][metrics["best_epoch"] - 1]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["train"]["epochs"] == 2
+    assert saved["classes"][0] == "Astra Motors"
+    config = small_config("train.epochs=2")
+    model = build_model(config, len(saved["classes"]))
+    model.load_state_dict(load_file(str(out / "model.safetensors")))  # strict: every key matches
+    assert (out / "study.toml").read_text() == load_spec("cnn-hpo").text
+
+
+def test_train_cli_refuses_non_empty_out_and_bad_override(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = runner.invoke(app, ["train", "cnn-hpo", "--data", str(demo_root), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "not empty" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    bad = runner.invoke(
+        app, ["train", "cnn-hpo", "--data", str(demo_root), "--set", "train.lr=fast"]
+    )
+    assert bad.exit_code == 2
+    assert "train.lr: expected a number, got 'fast'" in bad.output
+
+
+def test_train_cli_bad_data_folder(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["train", "cnn-hpo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "data folder" in result.output and "does not exist" in result.output
+
+
+def test_small_cnn_learns_demo_data(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=8")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    _, result = train_config(config, data)
+    chance = 1 / len(data.tree.classes)
+    assert result.best.val_accuracy >= 3 * chance
+    assert result.best.top_class_share < 0.5  # no collapse onto one brand
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_training_repeats_exactly_on_cpu(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=2")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    first = train_config(config, data)[1].history
+    second = train_config(config, data)[1].history
+    strip = [replace(m, seconds=0.0) for m in first], [replace(m, seconds=0.0) for m in second]
+    assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler"),
+    [("adamw", "plateau"), ("adam", "cosine"), ("sgd", "onecycle"), ("rmsprop", "none")],
+)
+def test_optimizers_and_schedulers_run_with_warmup(
+    demo_root: Path, tmp_path: Path, optimizer: str, scheduler: str
+) -> None:
+    config = small_config(
+        "train.epochs=3",
+        "train.warmup_epochs=1",
+        f"train.optimizer={optimizer}",
+        f"train.scheduler={scheduler}",
+        "train.lr=0.001",
+        "train.nesterov=true",
+    )
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    _, result = train_config(config, data)
+    lrs = [m.lr for m in result.history]
+    assert all(math.isfinite(m.train_loss) for m in result.history)
+    if scheduler in ("cosine", "onecycle"):
+        assert lrs[-1] < lrs[1]  # decays after the warm-up
+    else:
+        assert lrs[0] == pytest.approx(0.001)  # warm-up reached the base rate after epoch 1
+
+
+def test_freeze_epochs_train_only_the_head(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=2", "train.freeze_epochs=1")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot:
+        def __init__(self, model: torch.nn.Module):
+            self.model = model
+
+        def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+            if epoch == 1:
+                self.epoch_end(None)
+
+        def batch_end(self, loss: float) -> None: ...
+
+        def epoch_end(self, metrics: EpochMetrics | None) -> None:
+            snapshots.append({k: v.clone() for k, v in self.model.state_dict().items()})
+
+    model = build_model(config, len(data.tree.classes))
+    fit(model, data.train, data.val, augment_for(config), config.train, 6, Snapshot(model))
+    before, after_frozen, after_unfrozen = snapshots
+    conv, head = "features.0.conv.weight", "head.5.weight"
+    assert torch.equal(before[conv], after_frozen[conv])
+    assert not torch.equal(before[head], after_frozen[head])
+    assert not torch.equal(after_frozen[conv], after_unfrozen[conv])
+
+
+def test_collapse_signals() -> None:
+    labels = torch.tensor([0, 1, 2, 3] * 5)
+    uniform = val_metrics(torch.zeros(20, 4), labels, 4)
+    assert uniform["loss_ratio"] == pytest.approx(1.0)
+    assert uniform["top_class_share"] == 1.0  # argmax of ties: every prediction is class 0
+    perfect = val_metrics(torch.nn.functional.one_hot(labels, 4).float() * 10, labels, 4)
+    assert perfect["val_accuracy"] == 1.0 and perfect["val_macro_f1"] == 1.0
+    assert perfect["top_class_share"] == 0.25 and perfect["loss_ratio"] < 0.01
+
+
+@pytest.mark.parametrize("crop", ["random", "resized"])
+def test_augment_shapes_dtypes_ranges(crop: str) -> None:
+    aug = Augment(DataConfig(cache_size=40, image_size=32, crop=crop), (0.5,) * 3, (0.5,) * 3)
+    images = torch.randint(0, 256, (6, 40, 40, 3), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    train = aug.train_batch(images, g)
+    evaluated = aug.eval_batch(images)
+    for x in (train, evaluated):
+        assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
+        assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6
+
+
+def test_random_crop_copies_pixels_exactly() -> None:
+    data = DataConfig(cache_size=40, image_size=32, crop="random", hflip=False, color_jitter=0.0)
+    aug = Augment(data, (0.0,) * 3, (1.0,) * 3)
+    images = torch.randint(0, 256, (4, 40, 40, 3), dtype=torch.uint8)
+    out = (aug.train_batch(images, torch.Generator().manual_seed(3)) * 255).round().to(torch.uint8)
+    source = images.permute(0, 3, 1, 2)
+    for i in range(4):
+        windows = [source[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+        assert any(torch.equal(out[i], w) for w in windows)
