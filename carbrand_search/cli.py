@@ -162,3 +162,178 @@ def train(
 
 def main() -> None:
     app()
+
+
+StorageOpt = Annotated[
+    str,
+    typer.Option("--storage", help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE."),
+]
+ArtifactsOpt = Annotated[str, typer.Option("--artifacts", help="Artifact store folder.")]
+
+
+@app.command("run")
+@reports_errors
+def run(
+    study: Annotated[
+        str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")
+    ],
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    n_trials: Annotated[
+        int | None, typer.Option(help="Total trial budget (default: the study file's).")
+    ] = None,
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+    data: DataOpt = Path("demo-data"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers_per_gpu: Annotated[int, typer.Option(help="Trials packed on one GPU.")] = 1,
+    cache_dir: CacheOpt = None,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Create or resume a study; N parallel workers optimise it until its budget is met."""
+    import time
+
+    from rich.live import Live
+
+    from carbrand_search.cache import default_cache_root
+    from carbrand_search.data import scan
+    from carbrand_search.job import load_split
+    from carbrand_search.launcher import (
+        BUDGET_ATTR,
+        FINISHED,
+        WorkerPlan,
+        count,
+        ensure_study,
+        plan_devices,
+        start_workers,
+        stop_workers,
+    )
+    from carbrand_search.progress import CacheProgress, live_view, study_line
+    from carbrand_search.spec import load_spec
+    from carbrand_search.storage import artifact_store, mask, open_storage
+
+    if workers < 1 or workers_per_gpu < 1:
+        raise UserError("--workers and --workers-per-gpu must be >= 1")
+    spec = load_spec(study)
+    devices = plan_devices(device, workers, workers_per_gpu)
+    cache = cache_dir or default_cache_root()
+    tree = scan(data)  # bad data stops here, before the storage is touched
+    with CacheProgress(console) as progress:
+        for split in ("train", "val"):
+            load_split(tree, split, spec.base.data, cache, skip_bad, progress)
+    artifact_store(artifacts)
+    store = open_storage(storage)
+    optuna_study = ensure_study(spec, store, n_trials)
+    budget = int(optuna_study.user_attrs[BUDGET_ATTR])
+    finished = count(optuna_study, *FINISHED)
+    if finished >= budget:
+        console.print(f"{spec.name}: already finished ({finished}/{budget} trials); nothing to do")
+        return
+    console.print(
+        f"{spec.name}: {budget - finished} trials to go with {workers} worker(s) on "
+        f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(storage)}"
+    )
+    plans = [
+        WorkerPlan(spec.name, storage, artifacts, str(data), str(cache), dev, threads, i, skip_bad)
+        for i, (dev, threads) in enumerate(devices)
+    ]
+    processes = start_workers(plans)
+
+    def view() -> Any:
+        trials = optuna_study.get_trials(deepcopy=False)
+        return live_view(spec.name, trials, budget, spec.direction)
+
+    try:
+        with Live(view(), console=console, refresh_per_second=2, transient=True) as live:
+            while any(p.is_alive() for p in processes):
+                time.sleep(1)
+                live.update(view())
+    except KeyboardInterrupt:
+        stop_workers(processes, optuna_study, store)
+        err_console.print("interrupted: running trials marked FAIL; `run` again to resume")
+        raise typer.Exit(130) from None
+    stop_workers(processes, optuna_study, store)
+    trials = optuna_study.get_trials(deepcopy=False)
+    console.print(study_line(spec.name, trials, budget, spec.direction))
+    crashed = [p.exitcode for p in processes if p.exitcode]
+    if crashed:
+        raise UserError(f"{len(crashed)} worker(s) exited with errors (exit codes {crashed})")
+
+
+@app.command("worker")
+@reports_errors
+def worker(
+    study: Annotated[str, typer.Argument(help="Name of a study created by `run`.")],
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+    data: DataOpt = Path("demo-data"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    cache_dir: CacheOpt = None,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Join an existing study from this machine and run trials until its budget is met."""
+    import optuna
+
+    from carbrand_search.launcher import WorkerPlan, plan_devices, worker_main
+    from carbrand_search.storage import mask, open_storage
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+    if study not in names:
+        raise UserError(
+            f"no study '{study}' in {mask(storage)} (studies: {', '.join(names) or 'none'}); "
+            "create it with `carbrand-search run`"
+        )
+    dev, default_threads = plan_devices(device, 1, 1)[0] if device == "auto" else (device, 0)
+    plan = WorkerPlan(
+        study, storage, artifacts, str(data), str(cache_dir or ""), dev,
+        threads or default_threads or os.cpu_count() or 1, index=os.getpid(), skip_bad=skip_bad,
+    )  # fmt: skip
+    worker_main(plan)
+
+
+@app.command("status")
+@reports_errors
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+) -> None:
+    """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
+    import optuna
+
+    from carbrand_search.launcher import BUDGET_ATTR
+    from carbrand_search.progress import study_line
+    from carbrand_search.storage import mask, open_storage
+
+    store = open_storage(storage, heartbeat=False)
+    try:
+        optuna_study = optuna.load_study(study_name=study, storage=store)
+    except KeyError:
+        raise UserError(f"no study '{study}' in {mask(storage)}") from None
+    trials = optuna_study.get_trials(deepcopy=False)
+    table = Table(title=f"{study} ({mask(storage)})")
+    for column in ("#", "state", "value", "params", "duration", "prune reason"):
+        table.add_column(column)
+    for t in trials:
+        duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
+        reason = t.user_attrs.get("prune_reason")
+        why = ", ".join(f"{k}={v}" for k, v in reason.items()) if reason else ""
+        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        value = f"{t.value:.4f}" if t.value is not None else ""
+        table.add_row(str(t.number), t.state.name, value, params, duration, why)
+    console.print(table)
+    budget = int(optuna_study.user_attrs.get(BUDGET_ATTR, len(trials)))
+    direction = optuna_study.direction.name.lower()
+    console.print(study_line(study, trials, budget, direction))
+
+
+@app.command("studies")
+@reports_errors
+def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
+    """List the studies in a storage with their trial counts."""
+    import optuna
+
+    from carbrand_search.storage import open_storage
+
+    for summary in optuna.get_all_study_summaries(open_storage(storage, heartbeat=False)):
+        best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
+        console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")

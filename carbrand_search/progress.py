@@ -1,5 +1,6 @@
 """Rich progress for the terminal: cache building and training epochs."""
 
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -9,6 +10,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from carbrand_search.train import EpochMetrics
 
@@ -89,3 +91,47 @@ class RichTrainListener:
         if better:
             self.best = value
         self.console.print(format_epoch(metrics, self.epochs, better))
+
+
+def study_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Trials per state name (complete, pruned, fail, running, waiting)."""
+    counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def study_line(name: str, trials: list[FrozenTrial], budget: int, direction: str) -> str:
+    """One line: progress against the budget and the best value so far."""
+    c = study_counts(trials)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = ""
+    if done:
+        pick = min if direction == "minimize" else max
+        top = pick(done, key=lambda t: t.value or 0.0)
+        best = f", best {top.value:.4f} (trial {top.number})"
+    return (
+        f"{name}: {c['complete'] + c['pruned']}/{budget} finished ({c['complete']} complete, "
+        f"{c['pruned']} pruned), {c['fail']} failed, {c['running']} running{best}"
+    )
+
+
+def live_view(name: str, trials: list[FrozenTrial], budget: int, direction: str) -> Table:
+    """The `run` screen: the study line plus each running trial's worker and epoch."""
+    table = Table(title=study_line(name, trials, budget, direction), title_justify="left")
+    for column in ("worker", "trial", "epoch", "last val", "params"):
+        table.add_column(column)
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        epochs = t.user_attrs.get("epochs", [])
+        last = f"{epochs[-1]['val_macro_f1']:.3f} F1" if epochs else ""
+        params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in list(t.params.items())[:4])
+        table.add_row(
+            str(t.user_attrs.get("worker", "")),
+            str(t.number),
+            str(t.user_attrs.get("epoch", "")),
+            last,
+            params,
+        )
+    return table

@@ -208,10 +208,13 @@ def find_study(name_or_path: str) -> Path:
 def load_spec(name_or_path: str) -> StudySpec:
     """Load and validate a study file; every problem is a UserError naming the file and key."""
     path = find_study(name_or_path)
-    text = path.read_text(encoding="utf-8")
+    return spec_from_text(path.read_text(encoding="utf-8"), path)
+
+
+def spec_from_text(text: str, path: Path) -> StudySpec:
+    """Validate study-file `text` (from a file, or as stored in a study); `path` names it."""
     try:
-        raw = tomllib.loads(text)
-        return _parse(path, text, raw)
+        return _parse(path, text, tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from e
     except (ValueError, UserError) as e:

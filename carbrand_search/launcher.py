@@ -1,0 +1,187 @@
+"""Create a study once, start N worker processes (spawn), assign devices, keep the trial budget."""
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from carbrand_search.errors import UserError
+from carbrand_search.spec import SamplerConfig, StudySpec, spec_from_text
+
+TEXT_ATTR, HASH_ATTR, BUDGET_ATTR = "study_text", "study_hash", "n_trials"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything one worker process needs; plain values so it pickles under spawn."""
+
+    study: str
+    storage: str
+    artifacts: str
+    data: str
+    cache: str
+    device: str
+    threads: int
+    index: int
+    skip_bad: bool = False
+
+
+def worker_label(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def make_sampler(cfg: SamplerConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """The study file's sampler; each worker gets its own seed so they do not sample alike."""
+    seed = cfg.seed + offset
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The study file as stored in the study when it was created."""
+    return spec_from_text(study.user_attrs[TEXT_ATTR], Path(f"{study.study_name}.toml"))
+
+
+def ensure_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, n_trials: int | None
+) -> optuna.Study:
+    """Create the study once or load it; a different study file under the same name is refused."""
+    from carbrand_search.pruners import make_pruner
+
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,
+        sampler=make_sampler(spec.sampler, 0),
+        pruner=make_pruner(spec.pruner),
+        load_if_exists=True,
+    )
+    stored_hash = study.user_attrs.get(HASH_ATTR)
+    if stored_hash is None:
+        study.set_user_attr(TEXT_ATTR, spec.text)
+        study.set_user_attr(HASH_ATTR, spec.text_hash)
+    elif stored_hash != spec.text_hash:
+        raise UserError(
+            f"study '{spec.name}' in this storage was created from a different study file "
+            f"(hash {stored_hash[:12]} vs {spec.text_hash[:12]} of {spec.path}); "
+            "restore that file or give the study a new name"
+        )
+    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
+        study.set_user_attr(BUDGET_ATTR, n_trials or spec.n_trials)
+    return study
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def worker_main(plan: WorkerPlan) -> None:
+    """Run trials until the study's budget is finished; SIGTERM/SIGINT end the trial as FAIL."""
+    import torch
+
+    from carbrand_search.cache import default_cache_root
+    from carbrand_search.job import load_training_data
+    from carbrand_search.objective import BudgetReached, Objective, trials_taken
+    from carbrand_search.pruners import make_pruner
+    from carbrand_search.storage import artifact_store, open_storage
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt  # Optuna marks the running trial FAIL, then re-raises
+
+    signal.signal(signal.SIGTERM, interrupt)
+    torch.set_num_threads(plan.threads)
+    storage = open_storage(plan.storage)
+    study = optuna.load_study(study_name=plan.study, storage=storage)
+    spec = stored_spec(study)
+    study.sampler = make_sampler(spec.sampler, plan.index + 1)
+    study.pruner = make_pruner(spec.pruner)
+    budget = int(study.user_attrs[BUDGET_ATTR])
+    data = load_training_data(
+        Path(plan.data),
+        spec.base.data,
+        Path(plan.cache) if plan.cache else default_cache_root(),
+        torch.device(plan.device),
+        plan.skip_bad,
+    )
+    objective = Objective(spec, data, artifact_store(plan.artifacts), budget, worker_label())
+    reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
+    try:
+        while count(study, *FINISHED) < budget:
+            if trials_taken(study) >= budget:
+                if not reaps_stale:
+                    break
+                # The last trials belong to others; wait, in case one dies and is re-queued.
+                time.sleep(2)
+                optuna.storages.fail_stale_trials(study)
+                continue
+            study.optimize(objective, n_trials=1, catch=(BudgetReached,), gc_after_trial=True)
+    except KeyboardInterrupt:
+        return
+    finally:
+        if reaps_stale:
+            storage.engine.dispose()  # type: ignore[attr-defined]
+
+
+def plan_devices(device: str, workers: int, workers_per_gpu: int) -> list[tuple[str, int]]:
+    """(device, torch threads) per worker: GPUs round-robin, or CPU cores split evenly."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise UserError("--device cuda: torch sees no CUDA GPU")
+        if workers > gpus * workers_per_gpu:
+            raise UserError(
+                f"--workers {workers} is more than {gpus} GPU(s) × --workers-per-gpu "
+                f"{workers_per_gpu}"
+            )
+        cores = max(1, (os.cpu_count() or 1) // workers)
+        return [(f"cuda:{i % gpus}", cores) for i in range(workers)]
+    if device != "cpu":
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    cores = os.cpu_count() or 1
+    return [("cpu", max(1, cores // workers)) for _ in range(workers)]
+
+
+def start_workers(plans: list[WorkerPlan]) -> list[Any]:
+    """One spawned process per plan (spawn: CUDA and forked torch threads do not mix)."""
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=worker_main, args=(plan,), daemon=False) for plan in plans]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def stop_workers(
+    processes: list[Any],
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    timeout_s: float = 15,
+) -> None:
+    """Stop workers; any trial of theirs still RUNNING afterwards is marked FAIL."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+    labels = {worker_label(p.pid) for p in processes}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") in labels:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -1,0 +1,84 @@
+"""Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry."""
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from carbrand_search.errors import UserError
+
+# Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DEFAULT_STORAGE = "sqlite:///carbrand-search.db"
+DEFAULT_ARTIFACTS = "artifacts"
+HEARTBEAT_S = 10
+GRACE_S = 30
+MAX_RETRY = 3
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and reports."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (status, dashboard) work while workers write; the busy timeout makes
+    # writers wait for each other instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """One storage object per process, from a URL; problems are a one-line UserError."""
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        if not path.parent.is_dir():
+            raise UserError(f"storage {url}: folder {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if not (url.startswith("sqlite:///") or url.startswith("postgresql")):
+        raise UserError(
+            f"storage {mask(url)}: unsupported URL; use sqlite:///FILE, "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///FILE"
+        )
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    heartbeat_kwargs: dict[str, Any] = {}
+    if heartbeat:
+        heartbeat_kwargs = {
+            "heartbeat_interval": HEARTBEAT_S,
+            "grace_period": GRACE_S,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRY
+            ),
+        }
+    try:
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"storage {mask(url)}: cannot open: {first[:300]}") from e
+    if url.startswith("sqlite"):
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # later connections are made with the pragmas
+    return storage
+
+
+def artifact_store(root: str) -> FileSystemArtifactStore:
+    """The artifact store under `root` (created if missing)."""
+    path = Path(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"artifacts {root}: cannot create folder: {e.strerror}") from e
+    return FileSystemArtifactStore(str(path))
