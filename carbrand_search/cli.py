@@ -169,6 +169,14 @@ StorageOpt = Annotated[
     typer.Option("--storage", help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE."),
 ]
 ArtifactsOpt = Annotated[str, typer.Option("--artifacts", help="Artifact store folder.")]
+HeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        "--heartbeat",
+        help="Seconds between trial heartbeats (RDB storages); a trial silent for 4 of them "
+        "is failed and retried. Keep it well under an epoch's time.",
+    ),
+]
 
 
 @app.command("run")
@@ -186,6 +194,7 @@ def run(
     data: DataOpt = Path("demo-data"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers_per_gpu: Annotated[int, typer.Option(help="Trials packed on one GPU.")] = 1,
+    heartbeat: HeartbeatOpt = 15,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -221,7 +230,7 @@ def run(
         for split in ("train", "val"):
             load_split(tree, split, spec.base.data, cache, skip_bad, progress)
     artifact_store(artifacts)
-    store = open_storage(storage)
+    store = open_storage(storage, heartbeat)
     optuna_study = ensure_study(spec, store, n_trials)
     budget = int(optuna_study.user_attrs[BUDGET_ATTR])
     finished = count(optuna_study, *FINISHED)
@@ -233,7 +242,18 @@ def run(
         f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(storage)}"
     )
     plans = [
-        WorkerPlan(spec.name, storage, artifacts, str(data), str(cache), dev, threads, i, skip_bad)
+        WorkerPlan(
+            study=spec.name,
+            storage=storage,
+            artifacts=artifacts,
+            data=str(data),
+            cache=str(cache),
+            device=dev,
+            threads=threads,
+            index=i,
+            heartbeat_s=heartbeat,
+            skip_bad=skip_bad,
+        )
         for i, (dev, threads) in enumerate(devices)
     ]
     processes = start_workers(plans)
@@ -255,8 +275,13 @@ def run(
     trials = optuna_study.get_trials(deepcopy=False)
     console.print(study_line(spec.name, trials, budget, spec.direction))
     crashed = [p.exitcode for p in processes if p.exitcode]
+    if count(optuna_study, *FINISHED) < budget:
+        raise UserError(
+            f"{spec.name}: stopped short of its budget; worker exit codes {crashed or 'all 0'}; "
+            "`run` again to resume"
+        )
     if crashed:
-        raise UserError(f"{len(crashed)} worker(s) exited with errors (exit codes {crashed})")
+        err_console.print(f"[yellow]warning:[/] worker exit codes {crashed}; the budget was met")
 
 
 @app.command("worker")
@@ -268,6 +293,7 @@ def worker(
     data: DataOpt = Path("demo-data"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    heartbeat: HeartbeatOpt = 15,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -283,10 +309,12 @@ def worker(
             f"no study '{study}' in {mask(storage)} (studies: {', '.join(names) or 'none'}); "
             "create it with `carbrand-search run`"
         )
-    dev, default_threads = plan_devices(device, 1, 1)[0] if device == "auto" else (device, 0)
+    # One process here, so it may use every core; cuda:N picks a GPU explicitly.
+    dev = device if device.startswith("cuda:") else plan_devices(device, 1, 1)[0][0]
     plan = WorkerPlan(
-        study, storage, artifacts, str(data), str(cache_dir or ""), dev,
-        threads or default_threads or os.cpu_count() or 1, index=os.getpid(), skip_bad=skip_bad,
+        study=study, storage=storage, artifacts=artifacts, data=str(data),
+        cache=str(cache_dir or ""), device=dev, threads=threads or os.cpu_count() or 1,
+        index=os.getpid(), heartbeat_s=heartbeat, skip_bad=skip_bad,
     )  # fmt: skip
     worker_main(plan)
 
@@ -304,7 +332,7 @@ def status(
     from carbrand_search.progress import study_line
     from carbrand_search.storage import mask, open_storage
 
-    store = open_storage(storage, heartbeat=False)
+    store = open_storage(storage)
     try:
         optuna_study = optuna.load_study(study_name=study, storage=store)
     except KeyError:
@@ -334,6 +362,6 @@ def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
 
     from carbrand_search.storage import open_storage
 
-    for summary in optuna.get_all_study_summaries(open_storage(storage, heartbeat=False)):
+    for summary in optuna.get_all_study_summaries(open_storage(storage)):
         best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
         console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")

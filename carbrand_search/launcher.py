@@ -31,6 +31,7 @@ class WorkerPlan:
     device: str
     threads: int
     index: int
+    heartbeat_s: int
     skip_bad: bool = False
 
 
@@ -101,7 +102,7 @@ def worker_main(plan: WorkerPlan) -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     torch.set_num_threads(plan.threads)
-    storage = open_storage(plan.storage)
+    storage = open_storage(plan.storage, plan.heartbeat_s)
     study = optuna.load_study(study_name=plan.study, storage=storage)
     spec = stored_spec(study)
     study.sampler = make_sampler(spec.sampler, plan.index + 1)
@@ -118,7 +119,8 @@ def worker_main(plan: WorkerPlan) -> None:
     reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
     try:
         while count(study, *FINISHED) < budget:
-            if trials_taken(study) >= budget:
+            queued = count(study, TrialState.WAITING)  # retries of trials whose worker died
+            if not queued and trials_taken(study) >= budget:
                 if not reaps_stale:
                     break
                 # The last trials belong to others; wait, in case one dies and is re-queued.

@@ -37,7 +37,7 @@ def collapse_reason(
             "top_class_share": round(last["top_class_share"], 4),
             "loss_ratio": round(last["loss_ratio"], 4),
         }
-    recent = epochs[-cfg.patience :]
+    recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
     if len(recent) == cfg.patience and all(
         abs(e["loss_ratio"] - 1.0) <= cfg.loss_tolerance for e in recent
     ):

@@ -18,8 +18,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 DEFAULT_STORAGE = "sqlite:///carbrand-search.db"
 DEFAULT_ARTIFACTS = "artifacts"
-HEARTBEAT_S = 10
-GRACE_S = 30
+HEARTBEAT_S = 15
+GRACE_FACTOR = 4  # a trial silent for this many heartbeats is failed and retried
 MAX_RETRY = 3
 
 
@@ -37,8 +37,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """One storage object per process, from a URL; problems are a one-line UserError."""
+def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
+    """One storage object per process, from a URL; problems are a one-line UserError.
+
+    With `heartbeat_s`, running trials send a heartbeat that often, and a trial silent for
+    GRACE_FACTOR heartbeats (its worker died) is marked FAIL and re-queued with its parameters.
+    """
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
         if not path.parent.is_dir():
@@ -55,10 +59,10 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     else:
         engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
     heartbeat_kwargs: dict[str, Any] = {}
-    if heartbeat:
+    if heartbeat_s is not None:
         heartbeat_kwargs = {
-            "heartbeat_interval": HEARTBEAT_S,
-            "grace_period": GRACE_S,
+            "heartbeat_interval": heartbeat_s,
+            "grace_period": heartbeat_s * GRACE_FACTOR,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
                 max_retry=MAX_RETRY
             ),
