@@ -28,7 +28,7 @@ def _study(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name", ["cnn-hpo", "cnn-bn-hpo", "effnet-b0"])
+@pytest.mark.parametrize("name", ["cnn-hpo", "cnn-bn-hpo", "cnn-demo", "effnet-b0"])
 def test_shipped_studies_load(name: str) -> None:
     spec = load_spec(name)
     assert spec.name == name
@@ -65,7 +65,10 @@ def test_cnn_defaults_reproduce_the_seed_recipe() -> None:
 
 
 def test_unknown_study_lists_available() -> None:
-    with pytest.raises(UserError, match=r"unknown study 'nope'.*available: cnn-bn-hpo, cnn-hpo"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown study 'nope'.*available: cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0",
+    ):
         load_spec("nope")
 
 

@@ -1,0 +1,146 @@
+"""Helpers shared by the bench scripts: a demo dataset, a study file, one timed `run`."""
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from carbrand_search.data import scan
+from carbrand_search.demo import DemoSpec, write_demo
+from carbrand_search.job import load_split
+from carbrand_search.spec import load_spec
+from carbrand_search.storage import open_storage
+
+
+def machine() -> str:
+    """CPU model and core count (or GPU name) for RESULTS.md."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} ×{torch.cuda.device_count()}"
+    model = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def demo_data(root: Path, classes: int, per_class: int, size: int) -> Path:
+    write_demo(root, DemoSpec(classes=classes, per_class=per_class, size=size, seed=0))
+    return root
+
+
+def study_file(
+    folder: Path,
+    name: str,
+    n_trials: int,
+    epochs: int,
+    lr: tuple[float, float],
+    collapse: bool,
+    size: int,
+    optimizer: str = "sgd",
+    batch_norm: bool = True,
+    warmup: int = 1,
+) -> Path:
+    """A small-CNN study on demo data, lr searched log-uniformly over `lr`."""
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f"""
+[study]
+n_trials = {n_trials}
+[data]
+cache_size = {size}
+image_size = {size - size // 8}
+[model]
+name = "small_cnn"
+filters = [16, 32, 64]
+dense_units = 64
+batch_norm = {str(batch_norm).lower()}
+[train]
+epochs = {epochs}
+batch_size = 32
+optimizer = "{optimizer}"
+scheduler = "none"
+[space.train.lr]
+low = {lr[0]}
+high = {lr[1]}
+log = true
+default = {lr[0]}
+[space.model.dropout]
+low = 0.0
+high = 0.5
+default = 0.1
+[sampler]
+name = "random"
+seed = 0
+[pruner]
+collapse = {str(collapse).lower()}
+warmup_epochs = {warmup}
+patience = 2
+optuna = "none"
+"""
+    )
+    return path
+
+
+def warm_cache(study: Path, data: Path, cache: Path) -> None:
+    """Decode the train/val caches now, so that no timed run pays for it."""
+    tree = scan(data)
+    for split in ("train", "val"):
+        load_split(tree, split, load_spec(str(study)).base.data, cache, skip_bad=False)
+
+
+def timed_run(study: Path, data: Path, db: Path, workers: int, cache: Path) -> dict[str, float]:
+    """Run a study to its budget with `workers` processes; wall time and what the trials did."""
+    url = f"sqlite:///{db}"
+    args = [sys.executable, "-m", "carbrand_search", "run", str(study), "--storage", url]
+    args += [
+        "--data",
+        str(data),
+        "--workers",
+        str(workers),
+        "--artifacts",
+        str(db.parent / "artifacts"),
+    ]
+    args += ["--cache-dir", str(cache)]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    trials = optuna.load_study(study_name=study.stem, storage=open_storage(url)).get_trials()
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    complete = [t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+    return {
+        "collapsed_at_end": [t.number for t in done if collapsed(t.user_attrs.get("epochs", []))],
+        "pruned_trials": [t.number for t in done if t.state == TrialState.PRUNED],
+        "values": {t.number: round(t.value, 4) for t in done if t.value is not None},
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "trials": len(done),
+        "trials_per_hour": round(3600 * len(done) / seconds, 1),
+        "pruned": sum(t.state == TrialState.PRUNED for t in done),
+        "epochs_run": sum(len(t.user_attrs.get("epochs", [])) for t in done),
+        "best": round(max(complete), 4) if complete else None,
+    }
+
+
+def collapsed(epochs: list[dict]) -> bool:
+    """Whether a trial's last epoch shows collapse (one class, or loss at chance)."""
+    last = epochs[-1] if epochs else None
+    return bool(last) and (last["top_class_share"] > 0.9 or abs(last["loss_ratio"] - 1) <= 0.02)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
