@@ -329,7 +329,7 @@ def status(
     import optuna
 
     from carbrand_search.launcher import BUDGET_ATTR
-    from carbrand_search.progress import study_line
+    from carbrand_search.progress import format_params, short, study_line
     from carbrand_search.storage import mask, open_storage
 
     store = open_storage(storage)
@@ -344,8 +344,8 @@ def status(
     for t in trials:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
         reason = t.user_attrs.get("prune_reason")
-        why = ", ".join(f"{k}={v}" for k, v in reason.items()) if reason else ""
-        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""
+        params = format_params(t.params)
         value = f"{t.value:.4f}" if t.value is not None else ""
         table.add_row(str(t.number), t.state.name, value, params, duration, why)
     console.print(table)

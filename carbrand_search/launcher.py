@@ -101,6 +101,7 @@ def worker_main(plan: WorkerPlan) -> None:
         raise KeyboardInterrupt  # Optuna marks the running trial FAIL, then re-raises
 
     signal.signal(signal.SIGTERM, interrupt)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` shows progress itself
     torch.set_num_threads(plan.threads)
     storage = open_storage(plan.storage, plan.heartbeat_s)
     study = optuna.load_study(study_name=plan.study, storage=storage)

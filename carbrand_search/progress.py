@@ -93,6 +93,15 @@ class RichTrainListener:
         self.console.print(format_epoch(metrics, self.epochs, better))
 
 
+def short(value: object) -> str:
+    """A parameter value as people read it: 4 significant digits for floats."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_params(params: dict[str, object]) -> str:
+    return ", ".join(f"{k.split('.', 1)[-1]}={short(v)}" for k, v in params.items())
+
+
 def study_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials per state name (complete, pruned, fail, running, waiting)."""
     counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
@@ -126,7 +135,7 @@ def live_view(name: str, trials: list[FrozenTrial], budget: int, direction: str)
             continue
         epochs = t.user_attrs.get("epochs", [])
         last = f"{epochs[-1]['val_macro_f1']:.3f} F1" if epochs else ""
-        params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in list(t.params.items())[:4])
+        params = format_params(dict(list(t.params.items())[:4]))
         table.add_row(
             str(t.user_attrs.get("worker", "")),
             str(t.number),
