@@ -160,10 +160,6 @@ def train(
     )
 
 
-def main() -> None:
-    app()
-
-
 StorageOpt = Annotated[
     str,
     typer.Option("--storage", help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE."),
@@ -326,17 +322,12 @@ def status(
     storage: StorageOpt = "sqlite:///carbrand-search.db",
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
-    import optuna
 
     from carbrand_search.launcher import BUDGET_ATTR
     from carbrand_search.progress import format_params, short, study_line
-    from carbrand_search.storage import mask, open_storage
+    from carbrand_search.storage import mask
 
-    store = open_storage(storage)
-    try:
-        optuna_study = optuna.load_study(study_name=study, storage=store)
-    except KeyError:
-        raise UserError(f"no study '{study}' in {mask(storage)}") from None
+    optuna_study, _ = open_study(study, storage)
     trials = optuna_study.get_trials(deepcopy=False)
     table = Table(title=f"{study} ({mask(storage)})")
     for column in ("#", "state", "value", "params", "duration", "prune reason"):
@@ -365,3 +356,155 @@ def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
     for summary in optuna.get_all_study_summaries(open_storage(storage)):
         best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
         console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")
+
+
+def open_study(name: str, storage: str) -> tuple[Any, Any]:
+    """(study, storage) for a study that must exist; a clear error otherwise."""
+    import optuna
+
+    from carbrand_search.storage import mask, open_storage
+
+    store = open_storage(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=store), store
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise UserError(
+            f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
+        ) from None
+
+
+@app.command("report")
+@reports_errors
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default reports/<study>).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Report the best K complete trials.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+    data: DataOpt = Path("demo-data"),
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Evaluate the best trial(s) on the test split; write report.html, report.md, report.json."""
+    import time
+
+    from carbrand_search.cache import default_cache_root
+    from carbrand_search.report import build_report
+    from carbrand_search.storage import artifact_store, mask
+
+    if top < 1:
+        raise UserError("--top must be >= 1")
+    start = time.perf_counter()
+    optuna_study, store = open_study(study, storage)
+    folder = out or Path("reports") / study
+    result = build_report(
+        optuna_study, artifact_store(artifacts), data, cache_dir or default_cache_root(), folder,
+        top, force, store, mask(storage),
+    )  # fmt: skip
+    best = result["trials"][0]
+    console.print(
+        f"{study}: best trial {best['number']}: test accuracy {best['test']['accuracy']:.4f}, "
+        f"macro-F1 {best['test']['macro_f1']:.4f}; {best['test']['verdict']['text']}"
+    )
+    console.print(
+        f"wrote {folder}/report.html, report.md, report.json in {time.perf_counter() - start:.1f}s"
+    )
+
+
+@app.command("compare")
+@reports_errors
+def compare(
+    studies: Annotated[list[str], typer.Argument(help="Study names.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/compare"),
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+    data: DataOpt = Path("demo-data"),
+    cache_dir: CacheOpt = None,
+) -> None:
+    """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
+    from carbrand_search.cache import default_cache_root
+    from carbrand_search.compare import compare_rows, write_compare
+    from carbrand_search.storage import artifact_store
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+    opened = [open_study(name, storage) for name in studies]
+    rows = compare_rows(
+        [s for s, _ in opened], artifact_store(artifacts), data, cache_dir or default_cache_root()
+    )
+    table = Table(title="studies compared")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    write_compare(rows, out)
+    console.print(f"wrote {out}/compare.md and compare.json")
+
+
+@app.command("dashboard")
+@reports_errors
+def dashboard(
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on the same storage and artifact store."""
+    import optuna_dashboard
+
+    from carbrand_search.storage import artifact_store, mask, open_storage
+
+    store = open_storage(storage)
+    console.print(
+        f"optuna-dashboard for {mask(storage)} at http://{host}:{port}/dashboard (Ctrl-C stops)"
+    )
+    optuna_dashboard.run_server(
+        store, host=host, port=port, artifact_store=artifact_store(artifacts)
+    )
+
+
+@app.command("predict")
+@reports_errors
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    study: Annotated[str, typer.Option(help="Study whose best trial predicts.")],
+    trial: Annotated[int | None, typer.Option(help="A trial number instead of the best.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Brands listed per image.")] = 3,
+    cam: Annotated[
+        Path | None, typer.Option(help="Write a Grad-CAM overlay per image here.")
+    ] = None,
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    artifacts: ArtifactsOpt = "artifacts",
+) -> None:
+    """Top-k brands with probabilities for each image, from a study's best (or chosen) trial."""
+    from carbrand_search.evaluate import load_trial_model
+    from carbrand_search.inference import predict_files
+    from carbrand_search.report import ranked_trials
+    from carbrand_search.storage import artifact_store
+
+    optuna_study, _ = open_study(study, storage)
+    if trial is None:
+        chosen = ranked_trials(optuna_study)[0]
+    else:
+        numbers = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+        if trial not in numbers:
+            raise UserError(f"--trial {trial}: no such trial in '{study}'")
+        chosen = numbers[trial]
+    tm = load_trial_model(optuna_study, chosen, artifact_store(artifacts))
+    predictions, bad = predict_files(tm, images, top_k, cam)
+    for p in predictions:
+        ranked = ", ".join(f"{brand} {prob:.3f}" for brand, prob in p.top)
+        console.print(
+            f"{p.path}: {ranked}" + (f"  (CAM {p.cam})" if p.cam else ""), highlight=False
+        )
+    for error in bad:
+        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(1)

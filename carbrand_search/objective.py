@@ -9,12 +9,13 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from safetensors.torch import save_file
+from sklearn.metrics import confusion_matrix
 
-from carbrand_search import space
-from carbrand_search.job import TrainingData, train_config
+from carbrand_search import plots, space
+from carbrand_search.job import TrainingData, augment_for, train_config
 from carbrand_search.pruners import EPOCHS_ATTR, collapse_reason
 from carbrand_search.spec import StudySpec
-from carbrand_search.train import EpochMetrics
+from carbrand_search.train import EpochMetrics, predict
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -75,13 +76,26 @@ class Objective:
             raise BudgetReached
         trial.set_user_attr("worker", self.worker)
         config = self.spec.resolve(space.sample(trial, self.spec))
-        _, result = train_config(config, self.data, TrialListener(trial, self.spec))
+        model, result = train_config(config, self.data, TrialListener(trial, self.spec))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
             artifact_id = upload_artifact(
                 artifact_store=self.artifacts, file_path=str(weights), study_or_trial=trial
             )
+            # Pictures for optuna-dashboard's trial view; a finished trial cannot take uploads.
+            logits, labels = predict(model, self.data.val, augment_for(config), 64)
+            classes = self.data.tree.classes
+            cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))
+            for picture in (
+                plots.curves_png(
+                    [m.to_dict() for m in result.history], Path(tmp) / "val-curves.png"
+                ),
+                plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
+            ):
+                upload_artifact(
+                    artifact_store=self.artifacts, file_path=str(picture), study_or_trial=trial
+                )
         trial.set_user_attr("checkpoint", artifact_id)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("val", result.best.to_dict())

@@ -60,3 +60,46 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_copy(demo_root: Path, tmp_path: Path) -> Path:
     """A private copy of the demo data that a test may modify."""
     return Path(shutil.copytree(demo_root, tmp_path / "demo-data"))
+
+
+def write_study(
+    folder: Path,
+    name: str = "tiny",
+    n_trials: int = 4,
+    epochs: int = 2,
+    lr: str = "",
+    collapse: bool = False,
+) -> Path:
+    """A study small enough for CPU tests: 28 px, two conv blocks, a couple of epochs."""
+    lr_space = lr or "low = 1e-3\nhigh = 1e-2\nlog = true\ndefault = 3e-3"
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f"""
+[study]
+n_trials = {n_trials}
+[data]
+cache_size = 32
+image_size = 28
+[model]
+name = "small_cnn"
+filters = [8, 16]
+dense_units = 32
+batch_norm = true
+[train]
+epochs = {epochs}
+batch_size = 32
+[space.train.lr]
+{lr_space}
+[space.model.dropout]
+low = 0.0
+high = 0.5
+default = 0.1
+[sampler]
+name = "random"
+[pruner]
+collapse = {str(collapse).lower()}
+warmup_epochs = 1
+optuna = "none"
+"""
+    )
+    return path

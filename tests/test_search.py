@@ -13,6 +13,7 @@ import optuna
 import psycopg
 import pytest
 import torch
+from conftest import write_study
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -28,49 +29,6 @@ from carbrand_search.storage import artifact_store, open_storage
 
 runner = CliRunner()
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def write_study(
-    folder: Path,
-    name: str = "tiny",
-    n_trials: int = 4,
-    epochs: int = 2,
-    lr: str = "",
-    collapse: bool = False,
-) -> Path:
-    """A study small enough for CPU tests: 28 px, two conv blocks, a couple of epochs."""
-    lr_space = lr or "low = 1e-3\nhigh = 1e-2\nlog = true\ndefault = 3e-3"
-    path = folder / f"{name}.toml"
-    path.write_text(
-        f"""
-[study]
-n_trials = {n_trials}
-[data]
-cache_size = 32
-image_size = 28
-[model]
-name = "small_cnn"
-filters = [8, 16]
-dense_units = 32
-batch_norm = true
-[train]
-epochs = {epochs}
-batch_size = 32
-[space.train.lr]
-{lr_space}
-[space.model.dropout]
-low = 0.0
-high = 0.5
-default = 0.1
-[sampler]
-name = "random"
-[pruner]
-collapse = {str(collapse).lower()}
-warmup_epochs = 1
-optuna = "none"
-"""
-    )
-    return path
 
 
 def states(url: str, name: str = "tiny") -> list[TrialState]:

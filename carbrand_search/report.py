@@ -1,0 +1,315 @@
+"""Best-trial reports: test-split evaluation, Grad-CAM, study views; JSON, Markdown, HTML."""
+
+import base64
+import csv
+import html
+import json
+import math
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from carbrand_search import plots, space
+from carbrand_search.errors import UserError
+from carbrand_search.evaluate import Evaluation, TrialModel, evaluate_split, load_trial_model
+from carbrand_search.gradcam import overlays
+from carbrand_search.job import augment_for
+from carbrand_search.launcher import BUDGET_ATTR, stored_spec
+from carbrand_search.pruners import EPOCHS_ATTR
+
+CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials, best first; none is a clear error."""
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        raise UserError(f"study '{study.study_name}' has no complete trial to report on")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value or 0.0, reverse=maximize)
+
+
+def collapse_tally(trials: list[FrozenTrial]) -> dict[str, Any]:
+    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
+    reasons = [t.user_attrs["prune_reason"] for t in trials if "prune_reason" in t.user_attrs]
+    ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
+    return {
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "by_rule": dict(Counter(r["rule"] for r in reasons)),
+        "epochs": sorted(r["epoch"] for r in reasons),
+        "loss_ratio_mean": round(float(np.mean(ratios)), 4) if ratios else None,
+    }
+
+
+def _study_views(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> dict[str, str]:
+    images: dict[str, str] = {}
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    plots.history_png(
+        [t.number for t in done],
+        [float(t.value or 0) for t in done],
+        maximize,
+        out / "history.png",
+    )
+    images["optimization history"] = "history.png"
+    states = Counter(t.state.name.lower() for t in trials)
+    plots.bars_png(dict(states), "trial states", out / "states.png")
+    images["trial states"] = "states.png"
+    if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
+        importances = optuna.importance.get_param_importances(study)
+        plots.bars_png(importances, "parameter importances (fANOVA)", out / "importances.png")
+        images["parameter importances"] = "importances.png"
+    return images
+
+
+def _spread(indices: np.ndarray) -> np.ndarray:
+    """Up to CAM_SAMPLES indices spread evenly (test images are ordered by brand)."""
+    if len(indices) <= CAM_SAMPLES:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, CAM_SAMPLES).astype(int)]
+
+
+def _cam_grid(tm: TrialModel, ev: Evaluation, folder: Path) -> dict[str, int]:
+    correct = np.flatnonzero(ev.preds == ev.labels)
+    wrong = np.flatnonzero(ev.preds != ev.labels)
+    chosen = np.concatenate([_spread(correct), _spread(wrong)]).astype(int)
+    pictures = overlays(
+        tm.model, tm.config.model.name, augment_for(tm.config), ev.images[chosen],
+        [int(ev.preds[i]) for i in chosen],
+    )  # fmt: skip
+    titles = [
+        f"{'✓' if ev.preds[i] == ev.labels[i] else '✗'} {ev.classes[ev.labels[i]]} → "
+        f"{ev.classes[ev.preds[i]]} ({ev.probs[i].max():.2f})"
+        for i in chosen
+    ]
+    plots.grid_png(pictures, titles, folder / "gradcam.png")
+    return {"correct": len(correct), "wrong": len(wrong)}
+
+
+def _trial_section(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    artifacts: FileSystemArtifactStore,
+    data_root: Path,
+    cache_root: Path,
+    out: Path,
+) -> dict[str, Any]:
+    tm = load_trial_model(study, trial, artifacts)
+    ev = evaluate_split(tm, data_root, cache_root)
+    folder = out / f"trial-{trial.number}"
+    folder.mkdir()
+    cm = ev.confusion
+    plots.confusion_png(cm, ev.classes, folder / "confusion.png")
+    with (folder / "confusion.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *ev.classes])
+        writer.writerows([c, *row] for c, row in zip(ev.classes, cm.tolist(), strict=True))
+    history = trial.user_attrs.get(EPOCHS_ATTR, [])
+    if history:
+        plots.curves_png(history, folder / "curves.png")
+    cams = _cam_grid(tm, ev, folder)
+    spec = stored_spec(study)
+    params = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in space.decode(spec, trial.params).items()
+    }
+    return {
+        "number": trial.number,
+        "value": trial.value,
+        "model": tm.config.model.name,
+        "params": params,
+        "val": trial.user_attrs.get("val", {}),
+        "best_epoch": trial.user_attrs.get("best_epoch"),
+        "test": {
+            "images": len(ev.labels),
+            "accuracy": ev.accuracy,
+            "macro_f1": ev.macro_f1,
+            "per_class": ev.per_class(),
+            "confusion_matrix": cm.tolist(),
+            "most_confused": ev.confused_pairs(),
+            "verdict": ev.verdict(),
+            "gradcam": cams,
+        },
+        "images": {
+            name: f"trial-{trial.number}/{file}"
+            for name, file in (
+                ("confusion matrix", "confusion.png"),
+                ("training curves", "curves.png"),
+                ("Grad-CAM", "gradcam.png"),
+            )
+            if (folder / file).exists()
+        },
+    }
+
+
+def build_report(
+    study: optuna.Study,
+    artifacts: FileSystemArtifactStore,
+    data_root: Path,
+    cache_root: Path,
+    out: Path,
+    top: int,
+    force: bool,
+    storage: optuna.storages.BaseStorage,
+    storage_label: str,
+) -> dict[str, Any]:
+    """Write report.json/.md/.html (+ images) to `out`; nothing is overwritten without `force`."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+    ranked = ranked_trials(study)
+    trials = study.get_trials()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        work = Path(tmp)
+        report: dict[str, Any] = {
+            "study": study.study_name,
+            "storage": storage_label,
+            "direction": study.direction.name.lower(),
+            "budget": study.user_attrs.get(BUDGET_ATTR),
+            "states": dict(Counter(t.state.name.lower() for t in trials)),
+            "collapse": collapse_tally(trials),
+            "images": _study_views(study, trials, work),
+            "trials": [
+                _trial_section(study, t, artifacts, data_root, cache_root, work)
+                for t in ranked[:top]
+            ],
+        }
+        (work / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        (work / "report.md").write_text(to_markdown(report))
+        (work / "report.html").write_text(to_html(report, work))
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(work, out)
+        out.chmod(0o755)  # the temporary folder was private
+    _upload(study, storage, artifacts, out, report["trials"][0])
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _upload(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    artifacts: FileSystemArtifactStore,
+    out: Path,
+    section: dict[str, Any],
+) -> None:
+    """Attach the report and the best trial's test pictures to the study (dashboard study view).
+
+    Finished trials cannot take uploads in Optuna; each trial uploaded its own validation
+    pictures while it ran.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in [out / "report.html", *(out / rel for rel in section["images"].values())]:
+            named = Path(tmp) / f"trial-{section['number']}-test-{path.name}"
+            if path.name == "report.html":
+                named = Path(tmp) / "report.html"
+            shutil.copy(path, named)
+            upload_artifact(
+                artifact_store=artifacts, file_path=str(named), study_or_trial=study,
+                storage=storage,
+            )  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    c = report["collapse"]
+    rules = ", ".join(f"{k}: {v}" for k, v in c["by_rule"].items()) or "none"
+    lines = [
+        f"Trials: {', '.join(f'{k} {v}' for k, v in report['states'].items())} "
+        f"(budget {report['budget']}).",
+        f"Pruned: {c['pruned']} (rules: {rules}; at epochs {c['epochs'] or '—'}; "
+        f"mean val loss / ln(classes) at pruning {_fmt(c['loss_ratio_mean'])}).",
+    ]
+    return lines
+
+
+def _trial_lines(t: dict[str, Any]) -> list[str]:
+    test = t["test"]
+    pairs = "; ".join(
+        f"{p['true']} → {p['predicted']} ({p['count']})" for p in test["most_confused"]
+    )
+    return [
+        f"Model {t['model']}, objective {_fmt(t['value'])} (best epoch {t['best_epoch']}).",
+        f"Parameters: {', '.join(f'{k}={_fmt(v)}' for k, v in t['params'].items())}.",
+        f"Test split ({test['images']} images): accuracy {test['accuracy']:.4f}, "
+        f"macro-F1 {test['macro_f1']:.4f}.",
+        f"Verdict: {test['verdict']['text']}.",
+        f"Most confused: {pairs or 'none'}.",
+        f"Grad-CAM on the test split: {test['gradcam']['correct']} correct, "
+        f"{test['gradcam']['wrong']} wrong.",
+    ]
+
+
+def _per_class_rows(t: dict[str, Any]) -> list[list[str]]:
+    return [
+        [c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+        for c, m in t["test"]["per_class"].items()
+    ]
+
+
+PER_CLASS_HEAD = ["brand", "precision", "recall", "F1", "support"]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """report.md, with the images beside it."""
+    out = [f"# Study {report['study']}", "", *_summary_lines(report), ""]
+    out += [f"![{name}]({path})" for name, path in report["images"].items()]
+    for t in report["trials"]:
+        out += ["", f"## Trial {t['number']}", "", *_trial_lines(t), ""]
+        out += ["| " + " | ".join(PER_CLASS_HEAD) + " |", "|" + "---|" * len(PER_CLASS_HEAD)]
+        out += ["| " + " | ".join(row) + " |" for row in _per_class_rows(t)]
+        out += ["", *(f"![{name}]({path})" for name, path in t["images"].items())]
+    return "\n".join(out) + "\n"
+
+
+def _img(folder: Path, rel: str, alt: str) -> str:
+    data = base64.b64encode((folder / rel).read_bytes()).decode()
+    alt = html.escape(alt)
+    image = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    return f"<figure>{image}<figcaption>{alt}</figcaption></figure>"
+
+
+def to_html(report: dict[str, Any], folder: Path) -> str:
+    """A self-contained report.html: every image embedded, opens offline."""
+    esc = html.escape
+    body = [f"<h1>Study {esc(report['study'])}</h1>"]
+    body += [f"<p>{esc(line)}</p>" for line in _summary_lines(report)]
+    body += [_img(folder, path, name) for name, path in report["images"].items()]
+    for t in report["trials"]:
+        body += [
+            f"<h2>Trial {t['number']}</h2>",
+            *(f"<p>{esc(line)}</p>" for line in _trial_lines(t)),
+        ]
+        head = "".join(f"<th>{h}</th>" for h in PER_CLASS_HEAD)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>"
+            for row in _per_class_rows(t)
+        )
+        body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        body += [_img(folder, path, name) for name, path in t["images"].items()]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(report['study'])}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )

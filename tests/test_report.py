@@ -1,0 +1,269 @@
+"""Reports, predict, compare and the dashboard, on a tiny study run in the test."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import write_study
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from carbrand_search import space
+from carbrand_search.cli import app
+from carbrand_search.data import load_image, scan, square_array
+from carbrand_search.evaluate import load_trial_model
+from carbrand_search.gradcam import overlays
+from carbrand_search.job import augment_for, build_model
+from carbrand_search.launcher import stored_spec
+from carbrand_search.storage import artifact_store, open_storage
+
+runner = CliRunner()
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished tiny study: where it is stored and what it was trained on."""
+
+    url: str
+    artifacts: Path
+    data: Path
+    root: Path
+
+    def args(self) -> list[str]:
+        return [
+            "--storage",
+            self.url,
+            "--artifacts",
+            str(self.artifacts),
+            "--data",
+            str(self.data),
+        ]
+
+
+@pytest.fixture(scope="module")
+def done(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Done:
+    root = tmp_path_factory.mktemp("study")
+    study = write_study(root, n_trials=2, epochs=6)
+    finished = Done(f"sqlite:///{root / 'study.db'}", root / "artifacts", demo_root, root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CARBRAND_CACHE", str(root / "cache"))
+        result = runner.invoke(app, ["run", str(study), *finished.args()])
+    assert result.exit_code == 0, result.output
+    return finished
+
+
+def _report(done: Done, out: Path, *extra: str):
+    return runner.invoke(app, ["report", "tiny", "--out", str(out), *done.args(), *extra])
+
+
+def _independent_predictions(
+    done: Done,
+) -> tuple[np.ndarray, np.ndarray, list[Path], tuple[str, ...]]:
+    """The best trial's test predictions, computed here without the report code."""
+    study = optuna.load_study(study_name="tiny", storage=open_storage(done.url))
+    best = study.best_trial
+    spec = stored_spec(study)
+    config = spec.resolve(space.decode(spec, best.params))
+    classes = tuple(best.user_attrs["classes"])
+    model = build_model(config, len(classes))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.safetensors"
+        optuna.artifacts.download_artifact(
+            artifact_store=artifact_store(str(done.artifacts)),
+            artifact_id=best.user_attrs["checkpoint"], file_path=str(path),
+        )  # fmt: skip
+        model.load_state_dict(load_file(str(path)))
+    model.eval()
+    split = scan(done.data).splits["test"]
+    images = np.stack(
+        [square_array(load_image(f), config.data.cache_size, config.data.fit) for f in split.files]
+    )
+    with torch.no_grad():
+        preds = model(augment_for(config).eval_batch(torch.from_numpy(images))).argmax(1).numpy()
+    return preds, np.array(split.labels), list(split.files), classes
+
+
+def test_report_numbers_match_an_independent_evaluation(done: Done, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    result = _report(done, out)
+    assert result.exit_code == 0, result.output
+    for name in ("report.html", "report.md", "report.json"):
+        assert (out / name).is_file()
+    report = json.loads((out / "report.json").read_text())
+    best = report["trials"][0]
+    preds, labels, files, classes = _independent_predictions(done)
+    assert best["test"]["accuracy"] == pytest.approx(float((preds == labels).mean()))
+    cm = np.array(best["test"]["confusion_matrix"])
+    assert cm.sum() == len(files) == best["test"]["images"]
+    assert (np.diag(cm) == [(preds[labels == i] == i).sum() for i in range(len(classes))]).all()
+    assert best["test"]["gradcam"]["correct"] == int((preds == labels).sum())
+    verdict = best["test"]["verdict"]
+    assert verdict["collapsed"] == (verdict["top_predicted_share"] >= 0.5)
+    assert verdict["text"].startswith("collapsed" if verdict["collapsed"] else "balanced diagonal")
+    page = (out / "report.html").read_text()
+    assert all(brand in page for brand in classes)
+    assert page.count("data:image/png;base64,") >= 5
+    assert "<img" in page and 'src="trial-' not in page  # nothing links outside the file
+    markdown = (out / "report.md").read_text()
+    for rel in best["images"].values():
+        assert f"]({rel})" in markdown and (out / rel).is_file()
+    assert (out / f"trial-{best['number']}" / "confusion.csv").read_text().count("\n") == len(
+        classes
+    ) + 1
+
+
+def test_report_refuses_to_overwrite_without_force(done: Done, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = _report(done, out)
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert (out / "notes.txt").read_text() == "mine"
+    forced = _report(done, out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not (out / "notes.txt").exists() and (out / "report.json").is_file()
+
+
+def test_gradcam_overlays_differ_from_the_input(done: Done) -> None:
+    study = optuna.load_study(study_name="tiny", storage=open_storage(done.url))
+    tm = load_trial_model(study, study.best_trial, artifact_store(str(done.artifacts)))
+    files = scan(done.data).splits["test"].files[:3]
+    images = np.stack(
+        [square_array(load_image(f), tm.config.data.cache_size, tm.config.data.fit) for f in files]
+    )
+    pictures = overlays(tm.model, tm.config.model.name, augment_for(tm.config), images, [0, 1, 2])
+    size, out = images.shape[1], tm.config.data.image_size
+    top = (size - out) // 2
+    for picture, image in zip(pictures, images, strict=True):
+        crop = image[top : top + out, top : top + out]
+        assert picture.shape == crop.shape and picture.dtype == np.uint8
+        assert np.abs(picture.astype(int) - crop.astype(int)).mean() > 5
+
+
+def test_predict_returns_the_brand_the_model_knows(done: Done, tmp_path: Path) -> None:
+    preds, labels, files, classes = _independent_predictions(done)
+    recall = [(preds[labels == i] == i).mean() for i in range(len(classes))]
+    brand = int(np.argmax(recall))
+    right = next(
+        f for f, p, y in zip(files, preds, labels, strict=True) if y == brand and p == brand
+    )
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"no image here")
+    cams = tmp_path / "cams"
+    args = ["predict", str(right), str(broken), "--study", "tiny", "--cam", str(cams)]
+    result = runner.invoke(app, [*args, "--storage", done.url, "--artifacts", str(done.artifacts)])
+    assert result.exit_code == 1  # one file was unreadable
+    line = next(ln for ln in result.output.splitlines() if ln.startswith(str(right)))
+    assert line.split(": ", 1)[1].startswith(classes[brand] + " ")
+    assert "broken.jpg: not a readable image" in result.output
+    written = list(cams.iterdir())
+    assert len(written) == 1 and Image.open(written[0]).size[0] > 0
+
+
+def test_report_errors(done: Done, tmp_path: Path, demo_root: Path) -> None:
+    empty = tmp_path / "empty.db"
+    study = write_study(tmp_path, name="nothing", n_trials=1)
+    optuna.create_study(study_name="nothing", storage=open_storage(f"sqlite:///{empty}"))
+    none = runner.invoke(
+        app, ["report", "nothing", "--storage", f"sqlite:///{empty}", "--out", str(tmp_path / "a")]
+    )
+    assert none.exit_code == 2 and "no complete trial" in none.output
+    assert study.is_file()
+    other = tmp_path / "other-data"
+    shutil.copytree(demo_root, other)
+    shutil.copytree(other / "test" / "Borealis", other / "test" / "Zephyr")
+    for split in ("train", "val"):
+        shutil.copytree(other / split / "Borealis", other / split / "Zephyr")
+    mismatch = runner.invoke(
+        app, ["report", "tiny", "--out", str(tmp_path / "b"), "--storage", done.url,
+              "--artifacts", str(done.artifacts), "--data", str(other)],
+    )  # fmt: skip
+    assert mismatch.exit_code == 2 and "not trained on: ['Zephyr']" in mismatch.output
+    assert not (tmp_path / "b").exists()
+    broken = tmp_path / "broken-artifacts"
+    shutil.copytree(done.artifacts, broken)
+    for f in broken.iterdir():
+        f.write_bytes(b"corrupt")
+    corrupt = runner.invoke(
+        app, ["report", "tiny", "--out", str(tmp_path / "c"), "--storage", done.url,
+              "--artifacts", str(broken), "--data", str(done.data)],
+    )  # fmt: skip
+    assert corrupt.exit_code == 2 and "missing or corrupt" in corrupt.output
+
+
+def test_compare_has_a_row_per_study(done: Done, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "tiny", "tiny", "--out", str(out), *done.args()])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "compare.json").read_text())
+    assert len(rows) == 2 and rows[0]["study"] == "tiny" and rows[0]["model"] == "small_cnn"
+    assert rows[0]["trials run"] == 2
+    assert "| study | model | val acc | test acc | macro-F1 |" in (out / "compare.md").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_dashboard_shows_the_study_in_a_browser(done: Done, tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "carbrand_search", "dashboard", "--port", str(port),
+         "--storage", done.url, "--artifacts", str(done.artifacts)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline and server.poll() is None, "dashboard did not start"
+            time.sleep(0.3)
+        dom = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{port}/dashboard"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "tiny" in dom.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_report_html_renders_to_a_non_blank_screenshot(done: Done, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    assert _report(done, out).exit_code == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+         f"--screenshot={shot}", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10  # text and charts, not an empty white page
+    assert (pixels < 128).mean() > 0.01
