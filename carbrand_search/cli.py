@@ -67,14 +67,9 @@ def data_demo(
     )
 
 
-@data_app.command("check")
-@reports_errors
-def data_check(
-    folder: Annotated[Path, typer.Argument(help="ImageFolder root with train/ val/ test/.")],
-    skip_bad: SkipBadOpt = False,
-) -> None:
-    """Validate a dataset and print images per split per class, sizes, bad files and balance."""
-    from carbrand_search.data import inspect, scan
+def check_and_print(folder: Path, skip_bad: bool) -> None:
+    """Validate a dataset and print the `data check` summary (also ends every ingest command)."""
+    from carbrand_search.data import cross_split_duplicates, inspect, scan
 
     tree = scan(folder)
     summaries = inspect(tree, skip_bad)
@@ -100,7 +95,92 @@ def data_check(
     for s in summaries.values():
         for bad in s.bad:
             console.print(f"[yellow]skipped:[/] {bad}", highlight=False)
+    for pair, count in cross_split_duplicates(tree).items():
+        first, second = pair.split("/")
+        console.print(
+            f"[yellow]warning:[/] {count} image(s) in {second}/ have the same bytes as images in "
+            f"{first}/ (leakage: evaluation sees training images)",
+            highlight=False,
+        )
     console.print(f"[green]ok[/]: {folder} is a valid dataset")
+
+
+@data_app.command("check")
+@reports_errors
+def data_check(
+    folder: Annotated[Path, typer.Argument(help="ImageFolder root with train/ val/ test/.")],
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Validate a dataset and print images per split per class, sizes, bad files and balance."""
+    check_and_print(folder, skip_bad)
+
+
+def print_ingest(report: Any) -> None:
+    """What an ingest command did: counts, links/copies, skipped files, dropped classes."""
+    totals = {split: sum(c.values()) for split, c in report.counts.items()}
+    console.print(
+        f"wrote train {totals['train']}, val {totals['val']}, test {totals['test']} images "
+        f"({report.linked} hard-linked, {report.copied} copied)"
+    )
+    for make, count in sorted(report.dropped_classes.items()):
+        console.print(
+            f"dropped class {make}: {count} images, below --min-per-class", highlight=False
+        )
+    for line in report.skipped:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+
+
+@data_app.command("split")
+@reports_errors
+def data_split(
+    src: Annotated[Path, typer.Argument(help="One folder per brand, no splits (never modified).")],
+    dst: Annotated[Path, typer.Argument(help="New train/ val/ test/ tree.")],
+    val: Annotated[float, typer.Option(help="Share of each brand for val.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Share of each brand for test.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    min_per_class: Annotated[int, typer.Option(help="Drop brands with fewer images.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+) -> None:
+    """Split a flat brand-folder tree: stratified, seeded, duplicates kept in one split."""
+    from carbrand_search.ingest import split_flat
+
+    print_ingest(split_flat(src, dst, val, test, seed, force, min_per_class))
+    check_and_print(dst, skip_bad=False)
+
+
+@data_app.command("import-stanford-cars")
+@reports_errors
+def data_import_stanford(
+    src: Annotated[Path, typer.Argument(help="Stanford Cars download (devkit + image folders).")],
+    dst: Annotated[Path, typer.Argument(help="New train/ val/ test/ tree, one folder per make.")],
+    min_per_class: Annotated[int, typer.Option(help="Drop makes with fewer images.")] = 0,
+    crop: Annotated[bool, typer.Option(help="Crop each photo to its annotated box.")] = False,
+    val: Annotated[float, typer.Option(help="Share of train carved out for val.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+) -> None:
+    """Stanford Cars (196 model classes) → car makes, with train/val/test splits."""
+    from carbrand_search.ingest import import_stanford_cars
+
+    print_ingest(import_stanford_cars(src, dst, min_per_class, crop, val, seed, force))
+    check_and_print(dst, skip_bad=False)
+
+
+@data_app.command("download")
+@reports_errors
+def data_download(
+    source: Annotated[str, typer.Argument(help="Where from: kaggle.")],
+    dataset: Annotated[str, typer.Argument(help="OWNER/DATASET on Kaggle.")],
+    dst: Annotated[Path, typer.Argument(help="Where the train/ val/ test/ tree goes.")],
+    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+) -> None:
+    """Download a dataset (Kaggle, via kagglehub) and link its train/val/test folders into DST."""
+    from carbrand_search.ingest import download_kaggle
+
+    if source != "kaggle":
+        raise UserError(f"unknown source {source!r}; supported: kaggle")
+    print_ingest(download_kaggle(dataset, dst, force))
+    check_and_print(dst, skip_bad=False)
 
 
 @app.command("train")

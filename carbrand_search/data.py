@@ -1,5 +1,6 @@
 """ImageFolder discovery and validation: `train/ val/ test/`, one folder per brand."""
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -174,6 +175,20 @@ class SplitSummary:
         """Smallest class over largest class (1.0 = balanced)."""
         counts: list[int] = list(self.per_class.values())
         return min(counts) / max(counts) if counts else 0.0
+
+
+def cross_split_duplicates(tree: ImageTree) -> dict[str, int]:
+    """Files whose exact bytes also appear in an earlier split ('train/test' → count): leakage."""
+    first_split: dict[str, str] = {}
+    leaks: dict[str, int] = {}
+    for split in tree.splits.values():
+        for path in split.files:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            earlier = first_split.setdefault(digest, split.name)
+            if earlier != split.name:
+                key = f"{earlier}/{split.name}"
+                leaks[key] = leaks.get(key, 0) + 1
+    return leaks
 
 
 def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:

@@ -19,19 +19,15 @@ pytestmark = pytest.mark.skipif(not PHOTOS.is_dir(), reason="shared real photos 
 
 @pytest.fixture(scope="module")
 def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 makes (names with spaces and hyphens), 20/5/5 photos each, copied into a split tree."""
-    root = tmp_path_factory.mktemp("real") / "cars"
+    """5 makes (names with spaces and hyphens), 30 photos each, split by `data split`."""
+    root = tmp_path_factory.mktemp("real")
     for make in MAKES:
-        photos = sorted((PHOTOS / make).iterdir())[:30]
-        for split, chosen in (
-            ("train", photos[:20]),
-            ("val", photos[20:25]),
-            ("test", photos[25:]),
-        ):
-            (root / split / make).mkdir(parents=True)
-            for photo in chosen:
-                shutil.copy(photo, root / split / make / photo.name)
-    return root
+        (root / "flat" / make).mkdir(parents=True)
+        for photo in sorted((PHOTOS / make).iterdir())[:30]:
+            shutil.copy(photo, root / "flat" / make / photo.name)
+    result = runner.invoke(app, ["data", "split", str(root / "flat"), str(root / "cars")])
+    assert result.exit_code == 0, result.output
+    return root / "cars"
 
 
 def _sets(*values: str) -> list[str]:
