@@ -36,7 +36,13 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-DataOpt = Annotated[Path, typer.Option("--data", help="ImageFolder root with train/ val/ test/.")]
+StudyArg = Annotated[str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data", envvar="CARBRAND_DATA", help="ImageFolder root with train/ val/ test/."
+    ),
+]
 CacheOpt = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Decoded-image cache (default ~/.cache/carbrand-search)."),
@@ -186,9 +192,7 @@ def data_download(
 @app.command("train")
 @reports_errors
 def train(
-    study: Annotated[
-        str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")
-    ],
+    study: StudyArg,
     data: DataOpt = Path("demo-data"),
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
@@ -242,9 +246,18 @@ def train(
 
 StorageOpt = Annotated[
     str,
-    typer.Option("--storage", help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE."),
+    typer.Option(
+        "--storage",
+        envvar="CARBRAND_STORAGE",
+        help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE.",
+    ),
 ]
-ArtifactsOpt = Annotated[str, typer.Option("--artifacts", help="Artifact store folder.")]
+ArtifactsOpt = Annotated[
+    str,
+    typer.Option(
+        "--artifacts", envvar="CARBRAND_ARTIFACTS", help="Artifact folder, or s3://BUCKET."
+    ),
+]
 HeartbeatOpt = Annotated[
     int,
     typer.Option(
@@ -258,9 +271,7 @@ HeartbeatOpt = Annotated[
 @app.command("run")
 @reports_errors
 def run(
-    study: Annotated[
-        str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")
-    ],
+    study: StudyArg,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     n_trials: Annotated[
         int | None, typer.Option(help="Total trial budget (default: the study file's).")
@@ -360,6 +371,29 @@ def run(
         err_console.print(f"[yellow]warning:[/] worker exit codes {crashed}; the budget was met")
 
 
+@app.command("create")
+@reports_errors
+def create(
+    study: StudyArg,
+    n_trials: Annotated[
+        int | None, typer.Option(help="Total trial budget (default: the study file's).")
+    ] = None,
+    storage: StorageOpt = "sqlite:///carbrand-search.db",
+) -> None:
+    """Create a study (or check an existing one) without running trials; workers join later."""
+    from carbrand_search.launcher import BUDGET_ATTR, ensure_study
+    from carbrand_search.spec import load_spec
+    from carbrand_search.storage import mask, open_storage
+
+    spec = load_spec(study)
+    created = ensure_study(spec, open_storage(storage), n_trials)
+    console.print(
+        f"study '{spec.name}' ready in {mask(storage)}: budget {created.user_attrs[BUDGET_ATTR]} "
+        f"trials, {len(created.trials)} so far; start workers with `carbrand-search worker "
+        f"{spec.name}`"
+    )
+
+
 @app.command("worker")
 @reports_errors
 def worker(
@@ -392,7 +426,11 @@ def worker(
         cache=str(cache_dir or ""), device=dev, threads=threads or os.cpu_count() or 1,
         index=os.getpid(), heartbeat_s=heartbeat, skip_bad=skip_bad,
     )  # fmt: skip
-    worker_main(plan)
+    try:
+        worker_main(plan)
+    except SystemExit as e:
+        if e.code:
+            raise typer.Exit(int(e.code)) from None
 
 
 @app.command("status")

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 
 from carbrand_search.evaluate import evaluate_split, load_trial_model
@@ -13,7 +13,7 @@ from carbrand_search.report import ranked_trials
 
 
 def compare_rows(
-    studies: list[optuna.Study], artifacts: FileSystemArtifactStore, data: Path, cache: Path
+    studies: list[optuna.Study], artifacts: ArtifactStore, data: Path, cache: Path
 ) -> list[dict[str, Any]]:
     """Per study: its best trial's model, val/test accuracy, macro-F1, matrix pattern, trials."""
     rows = []

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts import download_artifact
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import FrozenTrial
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -40,7 +41,7 @@ class TrialModel:
 
 
 def load_trial_model(
-    study: optuna.Study, trial: FrozenTrial, artifacts: FileSystemArtifactStore
+    study: optuna.Study, trial: FrozenTrial, artifacts: ArtifactStore
 ) -> TrialModel:
     """The model of `trial` from its stored params and checkpoint artifact; clear errors."""
     spec = stored_spec(study)

@@ -4,13 +4,15 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.errors import UserError
 from carbrand_search.spec import SamplerConfig, StudySpec, spec_from_text
@@ -93,7 +95,7 @@ def worker_main(plan: WorkerPlan) -> None:
 
     from carbrand_search.cache import default_cache_root
     from carbrand_search.job import load_training_data
-    from carbrand_search.objective import BudgetReached, Objective, trials_taken
+    from carbrand_search.objective import Objective, trials_taken
     from carbrand_search.pruners import make_pruner
     from carbrand_search.storage import artifact_store, open_storage
 
@@ -118,22 +120,84 @@ def worker_main(plan: WorkerPlan) -> None:
     )
     objective = Objective(spec, data, artifact_store(plan.artifacts), budget, worker_label())
     reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
+    failures = FailureGuard()
+    outage = Backoff()
     try:
-        while count(study, *FINISHED) < budget:
-            queued = count(study, TrialState.WAITING)  # retries of trials whose worker died
-            if not queued and trials_taken(study) >= budget:
-                if not reaps_stale:
+        while True:
+            try:
+                if count(study, *FINISHED) >= budget:
                     break
-                # The last trials belong to others; wait, in case one dies and is re-queued.
-                time.sleep(2)
-                optuna.storages.fail_stale_trials(study)
-                continue
-            study.optimize(objective, n_trials=1, catch=(BudgetReached,), gc_after_trial=True)
+                queued = count(study, TrialState.WAITING)  # retries of trials whose worker died
+                if not queued and trials_taken(study) >= budget:
+                    if not reaps_stale:
+                        break
+                    # The last trials belong to others; wait in case one dies and is re-queued.
+                    time.sleep(2)
+                    optuna.storages.fail_stale_trials(study)
+                    continue
+                # Any exception fails just its trial (Optuna logs why); FailureGuard stops a
+                # worker whose trials keep failing, since that is a bug or a broken setup.
+                study.optimize(
+                    objective, n_trials=1, catch=(Exception,), callbacks=[failures],
+                    gc_after_trial=True,
+                )  # fmt: skip
+                outage.reset()
+            except sqlalchemy.exc.OperationalError as e:
+                # The database went away (restart, network): wait and retry; a trial cut off
+                # mid-way stays RUNNING until its heartbeat lapses, then is re-queued.
+                outage.wait(e)
     except KeyboardInterrupt:
         return
+    except WorkerStopped as e:
+        print(f"error: worker {worker_label()}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
     finally:
         if reaps_stale:
             storage.engine.dispose()  # type: ignore[attr-defined]
+
+
+class FailureGuard:
+    """Optuna callback: stop after `limit` failed trials in a row, saying why."""
+
+    def __init__(self, limit: int = 3):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL or trial.user_attrs.get("surplus"):
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            reason = trial.user_attrs.get("fail_reason", "unknown error")
+            raise WorkerStopped(
+                f"{self.limit} trials in a row failed; the last (trial {trial.number}): {reason}"
+            )
+
+
+class WorkerStopped(Exception):
+    """A worker gave up: its trials keep failing for the same reason."""
+
+
+class Backoff:
+    """Waits 1, 2, 4 … 30 s between retries while the database is unreachable; gives up after
+    `patience_s` without success."""
+
+    def __init__(self, patience_s: float = 300):
+        self.patience_s = patience_s
+        self.delay = 1.0
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        self.delay, self.since = 1.0, None
+
+    def wait(self, error: Exception) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > self.patience_s:
+            raise WorkerStopped(f"database unreachable for {self.patience_s:.0f}s: {error}")
+        time.sleep(self.delay)
+        self.delay = min(30.0, self.delay * 2)
 
 
 def plan_devices(device: str, workers: int, workers_per_gpu: int) -> list[tuple[str, int]]:

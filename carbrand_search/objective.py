@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 from sklearn.metrics import confusion_matrix
@@ -65,11 +66,29 @@ class Objective:
 
     spec: StudySpec
     data: TrainingData
-    artifacts: FileSystemArtifactStore
+    artifacts: ArtifactStore
     budget: int
     worker: str
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, BudgetReached):
+            raise
+        except Exception as e:  # recorded on the trial for `status` and the failure guard
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {first}")
+            raise
+
+    def _upload(self, path: Path, trial: optuna.Trial) -> str:
+        try:
+            return upload_artifact(
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
+            )
+        except OSError as e:
+            raise OSError(f"cannot write {path.name} to the artifact store: {e}") from e
+
+    def _run(self, trial: optuna.Trial) -> float:
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=COUNTED)]
         if sum(1 for t in ahead if t.number < trial.number) >= self.budget:
             trial.set_user_attr("surplus", True)
@@ -80,9 +99,7 @@ class Objective:
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
-            artifact_id = upload_artifact(
-                artifact_store=self.artifacts, file_path=str(weights), study_or_trial=trial
-            )
+            artifact_id = self._upload(weights, trial)
             # Pictures for optuna-dashboard's trial view; a finished trial cannot take uploads.
             logits, labels = predict(model, self.data.val, augment_for(config), 64)
             classes = self.data.tree.classes
@@ -93,9 +110,7 @@ class Objective:
                 ),
                 plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
             ):
-                upload_artifact(
-                    artifact_store=self.artifacts, file_path=str(picture), study_or_trial=trial
-                )
+                self._upload(picture, trial)
         trial.set_user_attr("checkpoint", artifact_id)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("val", result.best.to_dict())

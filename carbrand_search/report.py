@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search import plots, space
@@ -96,7 +97,7 @@ def _cam_grid(tm: TrialModel, ev: Evaluation, folder: Path) -> dict[str, int]:
 def _trial_section(
     study: optuna.Study,
     trial: FrozenTrial,
-    artifacts: FileSystemArtifactStore,
+    artifacts: ArtifactStore,
     data_root: Path,
     cache_root: Path,
     out: Path,
@@ -151,7 +152,7 @@ def _trial_section(
 
 def build_report(
     study: optuna.Study,
-    artifacts: FileSystemArtifactStore,
+    artifacts: ArtifactStore,
     data_root: Path,
     cache_root: Path,
     out: Path,
@@ -201,7 +202,7 @@ def _json_default(value: Any) -> Any:
 def _upload(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
-    artifacts: FileSystemArtifactStore,
+    artifacts: ArtifactStore,
     out: Path,
     section: dict[str, Any],
 ) -> None:

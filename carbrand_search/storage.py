@@ -1,13 +1,15 @@
 """Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry."""
 
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
@@ -78,11 +80,28 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
     return storage
 
 
-def artifact_store(root: str) -> FileSystemArtifactStore:
-    """The artifact store under `root` (created if missing)."""
+def artifact_store(root: str) -> ArtifactStore:
+    """`s3://bucket` (S3-compatible, for many hosts) or a local folder, checked writable."""
+    if root.startswith("s3://"):
+        bucket, _, prefix = root.removeprefix("s3://").partition("/")
+        if not bucket or prefix.strip("/"):
+            raise UserError(
+                f"artifacts {root}: use s3://BUCKET (Optuna's Boto3ArtifactStore keeps artifacts "
+                "at the bucket root; give carbrand-search a bucket of its own)"
+            )
+        try:
+            import boto3
+        except ImportError:
+            raise UserError(
+                "artifacts on S3 need boto3: pip install 'carbrand-search[s3]'"
+            ) from None
+        # Endpoint and credentials: the usual AWS_* variables (AWS_ENDPOINT_URL for MinIO).
+        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
     path = Path(root)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
     except OSError as e:
-        raise UserError(f"artifacts {root}: cannot create folder: {e.strerror}") from e
+        raise UserError(f"artifacts {root}: not a writable folder ({e.strerror or e})") from e
     return FileSystemArtifactStore(str(path))

@@ -1,0 +1,164 @@
+"""Bad input, tried systematically: never a traceback, always one line naming the key or file."""
+
+import os
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write_tree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carbrand_search.data import inspect, scan
+from carbrand_search.errors import UserError
+from carbrand_search.spec import apply_overrides, load_spec
+from carbrand_search.storage import open_storage
+
+BASE = tomllib.loads((REPO / "studies" / "cnn-hpo.toml").read_text())
+SECTIONS = ["study", "data", "model", "train", "sampler", "pruner"]
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True),
+    st.text(max_size=12), st.lists(st.integers(-5, 600), max_size=5),
+)  # fmt: skip
+
+
+def to_toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return (
+            "nan"
+            if value != value
+            else (
+                "inf"
+                if value == float("inf")
+                else "-inf"
+                if value == float("-inf")
+                else repr(value)
+            )
+        )
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(to_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def render(doc: dict) -> str:
+    lines = []
+    for section, table in doc.items():
+        if section == "space":
+            for group, params in table.items():
+                for name, spec in params.items():
+                    lines.append(f"[space.{group}.{name}]")
+                    lines += [f"{k} = {to_toml(v)}" for k, v in spec.items() if v is not None]
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {to_toml(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    section=st.sampled_from(SECTIONS),
+    key=st.one_of(st.sampled_from(["epochs", "lr", "name", "filters", "n_trials", "image_size", "crop",
+                                   "optimizer", "warmup_epochs", "seed", "nonsense"]), st.text(min_size=1, max_size=8)),
+    value=values,
+)  # fmt: skip
+def test_mutated_study_files_fail_cleanly(
+    tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    if value is None or not key.isidentifier():
+        return
+    doc = {s: dict(t) for s, t in BASE.items()}
+    doc.setdefault(section, {})[key] = value
+    path = tmp_path / "fuzz.toml"
+    path.write_text(render(doc))
+    try:
+        load_spec(str(path))
+    except UserError as e:
+        message = str(e)
+        assert "\n" not in message and str(path) in message
+        assert len(message) < 600
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    group=st.sampled_from(["train", "model", "data", "bogus"]),
+    name=st.sampled_from(["lr", "batch_size", "dropout", "filters", "image_size", "zzz"]),
+    low=values, high=values, default=values, log=st.one_of(st.none(), st.booleans()),
+)  # fmt: skip
+def test_mutated_search_spaces_fail_cleanly(
+    tmp_path: Path, group: str, name: str, low, high, default, log
+) -> None:
+    doc = {s: dict(t) for s, t in BASE.items()}
+    doc["space"] = {group: {name: {"low": low, "high": high, "default": default, "log": log}}}
+    path = tmp_path / "space.toml"
+    path.write_text(render(doc))
+    try:
+        load_spec(str(path))
+    except UserError as e:
+        assert "\n" not in str(e) and str(e).startswith(str(path))
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.text(max_size=20), value=st.text(max_size=20))
+def test_random_overrides_never_crash(key: str, value: str) -> None:
+    spec = load_spec("cnn-hpo")
+    try:
+        apply_overrides(spec.resolve(spec.defaults()), [f"{key}={value}"])
+    except UserError as e:
+        assert "\n" not in str(e) and str(e).startswith("--set")
+
+
+def test_huge_values_are_range_errors(tmp_path: Path) -> None:
+    spec = load_spec("cnn-hpo")
+    with pytest.raises(UserError, match=r"data\.image_size must be in"):
+        apply_overrides(spec.resolve({}), ["data.image_size=100000000"])
+    with pytest.raises(UserError, match=r"train\.epochs is out of range"):
+        apply_overrides(spec.resolve({}), ["train.epochs=-1"])
+
+
+def test_empty_space_is_allowed_and_empty_file_names_model(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[model]\nname = "small_cnn"\n')
+    assert load_spec(str(tmp_path / "a.toml")).space == ()
+    (tmp_path / "b.toml").write_text("")
+    with pytest.raises(UserError, match=r"model\.name is required"):
+        load_spec(str(tmp_path / "b.toml"))
+
+
+def test_dataset_edge_cases(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "d", {"Audi": 2, "Ford": 2})
+    os.symlink(root / "train", root / "train" / "Audi" / "loop")  # a symlink loop into the tree
+    (root / "train" / "Ford" / "notes.txt").write_text("not an image")
+    (root / "val" / "Ford" / "empty.jpg").write_bytes(b"")
+    tree = scan(root)  # linked folders are not followed, so the loop cannot hang the scan
+    assert len(tree.splits["train"].files) == 5
+    with pytest.raises(UserError, match=r"notes\.txt: not a readable image"):
+        inspect(tree, skip_bad=False)
+    summaries = inspect(tree, skip_bad=True)
+    assert {b.path.name for s in summaries.values() for b in s.bad} == {"notes.txt", "empty.jpg"}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mongodb://localhost/x", "unsupported URL"),
+        ("postgresql+psycopg://u:hunter2@no-such-host.invalid/db", "cannot open"),
+        ("postgresql+psycopg://u:hunter2@127.0.0.1:1/db", "cannot open"),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/no_such_database_here", "cannot open"),
+        ("journal:///no/such/folder/journal.log", "does not exist"),
+        ("sqlite:////no/such/folder/x.db", "cannot open"),
+    ],
+)
+def test_bad_storage_urls_fail_fast_and_mask_passwords(url: str, message: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(UserError, match=message) as info:
+        open_storage(url)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    assert time.monotonic() - start < 30  # bounded, not a hang (connect timeout is 10 s)
