@@ -121,8 +121,14 @@ def data_check(
     check_and_print(folder, skip_bad)
 
 
-def print_ingest(report: Any) -> None:
-    """What an ingest command did: counts, links/copies, skipped files, dropped classes."""
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty DST.")]
+MinPerClassOpt = Annotated[int, typer.Option(help="Drop classes with fewer images.")]
+DstArg = Annotated[Path, typer.Argument(help="New train/ val/ test/ tree.")]
+
+
+def finish_ingest(report: Any, dst: Path) -> None:
+    """What an ingest command did (counts, links/copies, skips, dropped classes), then `check`."""
     totals = {split: sum(c.values()) for split, c in report.counts.items()}
     console.print(
         f"wrote train {totals['train']}, val {totals['val']}, test {totals['test']} images "
@@ -134,42 +140,41 @@ def print_ingest(report: Any) -> None:
         )
     for line in report.skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+    check_and_print(dst, skip_bad=False)
 
 
 @data_app.command("split")
 @reports_errors
 def data_split(
     src: Annotated[Path, typer.Argument(help="One folder per brand, no splits (never modified).")],
-    dst: Annotated[Path, typer.Argument(help="New train/ val/ test/ tree.")],
+    dst: DstArg,
     val: Annotated[float, typer.Option(help="Share of each brand for val.")] = 0.15,
     test: Annotated[float, typer.Option(help="Share of each brand for test.")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    min_per_class: Annotated[int, typer.Option(help="Drop brands with fewer images.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+    seed: SeedOpt = 0,
+    min_per_class: MinPerClassOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Split a flat brand-folder tree: stratified, seeded, duplicates kept in one split."""
     from carbrand_search.ingest import split_flat
 
-    print_ingest(split_flat(src, dst, val, test, seed, force, min_per_class))
-    check_and_print(dst, skip_bad=False)
+    finish_ingest(split_flat(src, dst, val, test, seed, force, min_per_class), dst)
 
 
 @data_app.command("import-stanford-cars")
 @reports_errors
 def data_import_stanford(
     src: Annotated[Path, typer.Argument(help="Stanford Cars download (devkit + image folders).")],
-    dst: Annotated[Path, typer.Argument(help="New train/ val/ test/ tree, one folder per make.")],
-    min_per_class: Annotated[int, typer.Option(help="Drop makes with fewer images.")] = 0,
+    dst: DstArg,
+    min_per_class: MinPerClassOpt = 0,
     crop: Annotated[bool, typer.Option(help="Crop each photo to its annotated box.")] = False,
     val: Annotated[float, typer.Option(help="Share of train carved out for val.")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Stanford Cars (196 model classes) → car makes, with train/val/test splits."""
     from carbrand_search.ingest import import_stanford_cars
 
-    print_ingest(import_stanford_cars(src, dst, min_per_class, crop, val, seed, force))
-    check_and_print(dst, skip_bad=False)
+    finish_ingest(import_stanford_cars(src, dst, min_per_class, crop, val, seed, force), dst)
 
 
 @data_app.command("download")
@@ -177,16 +182,15 @@ def data_import_stanford(
 def data_download(
     source: Annotated[str, typer.Argument(help="Where from: kaggle.")],
     dataset: Annotated[str, typer.Argument(help="OWNER/DATASET on Kaggle.")],
-    dst: Annotated[Path, typer.Argument(help="Where the train/ val/ test/ tree goes.")],
-    force: Annotated[bool, typer.Option(help="Replace a non-empty DST.")] = False,
+    dst: DstArg,
+    force: ForceOpt = False,
 ) -> None:
     """Download a dataset (Kaggle, via kagglehub) and link its train/val/test folders into DST."""
     from carbrand_search.ingest import download_kaggle
 
     if source != "kaggle":
         raise UserError(f"unknown source {source!r}; supported: kaggle")
-    print_ingest(download_kaggle(dataset, dst, force))
-    check_and_print(dst, skip_bad=False)
+    finish_ingest(download_kaggle(dataset, dst, force), dst)
 
 
 @app.command("train")
