@@ -12,15 +12,24 @@ from torch import Tensor
 class DeviceSplit:
     """A cached split's uint8 images and labels, resident where batches are consumed."""
 
-    images: Tensor  # (N, S, S, 3) uint8
-    labels: Tensor  # (N,) int64
+    images: Tensor  # (N, S, S, 3) uint8, on `device` or (if it did not fit) in pinned host memory
+    labels: Tensor  # (N,) int64, on `device`
+    device: torch.device
 
     @classmethod
     def from_arrays(
         cls, images: np.ndarray, labels: np.ndarray, device: torch.device
     ) -> "DeviceSplit":
-        """On CUDA the whole split moves to the GPU once; on CPU it stays memory-mapped."""
-        return cls(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+        """On CUDA the whole split moves to the GPU once (pinned host memory with non-blocking
+        copies per batch when it does not fit); on CPU it stays memory-mapped."""
+        host = torch.from_numpy(images)
+        resident = host
+        if device.type == "cuda":
+            try:
+                resident = host.to(device)
+            except torch.cuda.OutOfMemoryError:
+                resident = host.pin_memory()
+        return cls(resident, torch.from_numpy(labels).to(device), device)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -36,11 +45,17 @@ class DeviceSplit:
         if generator is None:
             for start in range(0, n, batch_size):
                 yield (
-                    self.images[start : start + batch_size],
+                    self._on_device(self.images[start : start + batch_size]),
                     self.labels[start : start + batch_size],
                 )
             return
-        order = torch.randperm(n, generator=generator).to(self.labels.device)
+        order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            yield self.images[index], self.labels[index]
+            images = self.images[index.to(self.images.device)]
+            yield self._on_device(images), self.labels[index.to(self.device)]
+
+    def _on_device(self, images: Tensor) -> Tensor:
+        return (
+            images if images.device == self.device else images.to(self.device, non_blocking=True)
+        )

@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model for training (pays off only for long trials)
 
     def __post_init__(self) -> None:
         checks = {

@@ -160,7 +160,7 @@ def predict(
 ) -> tuple[Tensor, Tensor]:
     """Logits (float32, CPU) and labels (CPU) for a whole split, centre-cropped."""
     model.eval()
-    device = split.images.device
+    device = split.device
     outputs, labels = [], []
     for images, y in split.batches(batch_size):
         with _autocast(device, amp):
@@ -209,7 +209,7 @@ def fit(
     listener: TrainListener | None = None,
 ) -> FitResult:
     """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`."""
-    device = train.images.device
+    device = train.device
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -221,6 +221,7 @@ def fit(
             dtype=torch.float32,
         ).to(device)
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    forward = torch.compile(model) if cfg.compile else model
     optimizer = _optimizer(model, cfg)
     steps = train.num_batches(cfg.batch_size)
     schedule = LRSchedule(optimizer, cfg, steps)
@@ -240,7 +241,7 @@ def fit(
         for images, labels in _train_batches(train, cfg.batch_size, shuffle):
             x = _to_model(augment.train_batch(images, aug_gen), device)
             with _autocast(device, cfg.amp):
-                loss = criterion(model(x).float(), labels)
+                loss = criterion(forward(x).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

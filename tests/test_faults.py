@@ -52,11 +52,16 @@ def wait_for(predicate, timeout_s: float = 120) -> None:
         time.sleep(0.3)
 
 
-def running_past_epoch(url: str, epoch: int = 2) -> list[optuna.trial.FrozenTrial]:
+def trials_so_far(url: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, or none while `run` has not created it yet."""
     try:
-        found = trials(url)
+        return trials(url)
     except KeyError:
         return []
+
+
+def running_past_epoch(url: str, epoch: int = 2) -> list[optuna.trial.FrozenTrial]:
+    found = trials_so_far(url)
     return [
         t for t in found if t.state == TrialState.RUNNING and t.user_attrs.get("epoch", 0) >= epoch
     ]
@@ -135,15 +140,9 @@ def test_two_runs_at_once_respect_the_budget(demo_root: Path, tmp_path: Path) ->
 def test_unwritable_artifact_store_fails_trials_clearly(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     artifacts = tmp_path / "a"
-    study = write_study(tmp_path, n_trials=4, epochs=4)
+    study = write_study(tmp_path, n_trials=4, epochs=10)  # seconds per trial: time to act
     proc = start_run(study, url, demo_root, artifacts, 1)
-    wait_for(
-        lambda: (
-            any(t.state == TrialState.COMPLETE for t in trials(url))
-            if (tmp_path / "study.db").exists()
-            else False
-        )
-    )
+    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials_so_far(url)))
     # Root ignores permission bits, so "unwritable" is a plain file where the folder was.
     artifacts.rename(tmp_path / "a-kept")
     artifacts.write_text("not a folder")

@@ -117,6 +117,14 @@ def test_optimizers_and_schedulers_run_with_warmup(
         assert lrs[0] == pytest.approx(0.001)  # warm-up reached the base rate after epoch 1
 
 
+def test_torch_compile_option_trains(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=1", "train.compile=true", "model.filters=[8, 16]")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    model, result = train_config(config, data)
+    assert math.isfinite(result.history[0].train_loss)
+    assert not hasattr(model, "_orig_mod")  # the plain module is what gets saved
+
+
 def test_freeze_epochs_train_only_the_head(demo_root: Path, tmp_path: Path) -> None:
     config = small_config("train.epochs=2", "train.freeze_epochs=1")
     data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
