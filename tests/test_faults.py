@@ -82,7 +82,10 @@ def test_sigkill_one_of_three_workers_on_postgres(demo_root: Path, tmp_path: Pat
     )
     wait_for(lambda: bool(running_past_epoch(url)))
     victim = running_past_epoch(url)[0]
+    killed = time.monotonic()
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    wait_for(lambda: any(t.system_attrs.get("failed_trial") == victim.number for t in trials(url)))
+    print(f"killed trial re-queued {time.monotonic() - killed:.1f}s after SIGKILL")
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output
     found = trials(url)

@@ -217,8 +217,10 @@ def test_sigint_stops_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Pat
         _cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     _wait_for(lambda: bool(_running(url)))
+    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
+    print(f"run exited {time.monotonic() - sent:.1f}s after SIGINT")
     assert proc.returncode == 130, output
     assert "interrupted" in output
     assert TrialState.RUNNING not in states(url)
