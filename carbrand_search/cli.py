@@ -315,6 +315,12 @@ def run(
         raise UserError("--workers and --workers-per-gpu must be >= 1")
     spec = load_spec(study)
     devices = plan_devices(device, workers, workers_per_gpu)
+    cores = os.cpu_count() or 1
+    if devices[0][0] == "cpu" and workers > cores:
+        err_console.print(
+            f"[yellow]warning:[/] {workers} workers on {cores} CPU cores compete for them "
+            "(measured: 4 workers on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)"
+        )
     cache = cache_dir or default_cache_root()
     tree = scan(data)  # bad data stops here, before the storage is touched
     with CacheProgress(console) as progress:
