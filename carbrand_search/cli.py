@@ -296,7 +296,7 @@ def run(
 
     from carbrand_search.cache import default_cache_root
     from carbrand_search.data import scan
-    from carbrand_search.job import load_split
+    from carbrand_search.job import build_model, load_split
     from carbrand_search.launcher import (
         BUDGET_ATTR,
         FINISHED,
@@ -323,6 +323,7 @@ def run(
         )
     cache = cache_dir or default_cache_root()
     tree = scan(data)  # bad data stops here, before the storage is touched
+    build_model(spec.resolve(spec.defaults()), len(tree.classes))  # so do missing weights
     with CacheProgress(console) as progress:
         for split in ("train", "val"):
             load_split(tree, split, spec.base.data, cache, skip_bad, progress)

@@ -13,7 +13,7 @@ import optuna
 import psycopg
 import pytest
 import torch
-from conftest import write_study
+from conftest import REPO, write_study
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -149,6 +149,15 @@ def test_bad_input_changes_nothing_in_storage(demo_root: Path, tmp_path: Path) -
     )
     assert unreachable.exit_code == 2 and "cannot open" in unreachable.output
     assert "secret" not in unreachable.output and "u:***@" in unreachable.output
+    assert not db.exists()
+    no_weights = tmp_path / "effnet.toml"
+    no_weights.write_text(
+        (REPO / "studies" / "effnet-b0.toml")
+        .read_text()
+        .replace('weights = ""', f'weights = "{tmp_path}/none.pt"')
+    )
+    offline = run_cli(no_weights, url, demo_root, tmp_path)
+    assert offline.exit_code == 2 and "model.weights: no such file" in offline.output
     assert not db.exists()
 
 
