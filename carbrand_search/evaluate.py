@@ -73,7 +73,6 @@ class Evaluation:
     """Predictions on a split and every number computed from them."""
 
     classes: tuple[str, ...]
-    files: tuple[str, ...]
     labels: np.ndarray
     preds: np.ndarray
     probs: np.ndarray
@@ -165,11 +164,8 @@ def evaluate_split(
     )
     device_split = DeviceSplit.from_arrays(cached.images, cached.labels, torch.device("cpu"))
     logits, labels = predict(tm.model, device_split, augment_for(tm.config), 64)
-    skipped = set(cached.skipped)
-    files = tuple(str(f) for f in tree.splits[split].files if str(f) not in skipped)
     return Evaluation(
         classes=tm.classes,
-        files=files,
         labels=labels.numpy(),
         preds=logits.argmax(1).numpy(),
         probs=logits.softmax(1).numpy(),
