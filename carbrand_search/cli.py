@@ -290,6 +290,7 @@ def run(
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Create or resume a study; N parallel workers optimise it until its budget is met."""
+    import signal
     import time
 
     from rich.live import Live
@@ -355,6 +356,11 @@ def run(
         for i, (dev, threads) in enumerate(devices)
     ]
     processes = start_workers(plans)
+
+    def terminate(*_: Any) -> None:
+        raise KeyboardInterrupt  # `kill`, `docker stop`: stop like Ctrl-C, never orphan workers
+
+    signal.signal(signal.SIGTERM, terminate)
 
     def view() -> Any:
         trials = optuna_study.get_trials(deepcopy=False)

@@ -182,6 +182,14 @@ def _wait_for(predicate, timeout_s: float = 120) -> None:
         time.sleep(0.3)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _running(url: str) -> list[optuna.trial.FrozenTrial]:
     try:
         study = optuna.load_study(study_name="tiny", storage=open_storage(url))
@@ -217,7 +225,10 @@ def test_sigkilled_worker_trial_fails_and_is_retried(demo_root: Path, tmp_path: 
     assert TrialState.RUNNING not in [t.state for t in trials]
 
 
-def test_sigint_stops_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_run_cleanly_and_run_resumes(
+    demo_root: Path, tmp_path: Path, stop: int
+) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=3, epochs=12)
     args = ["run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2"]
@@ -227,11 +238,18 @@ def test_sigint_stops_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Pat
     )
     _wait_for(lambda: bool(_running(url)))
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     output, _ = proc.communicate(timeout=60)
-    print(f"run exited {time.monotonic() - sent:.1f}s after SIGINT")
+    print(f"run exited {time.monotonic() - sent:.1f}s after signal {stop}")
     assert proc.returncode == 130, output
     assert "interrupted" in output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
+    pids = {
+        int(t.user_attrs["worker"].rsplit(":", 1)[1])
+        for t in study.trials
+        if "worker" in t.user_attrs
+    }
+    assert pids and not any(_alive(pid) for pid in pids)  # no orphaned workers
     assert TrialState.RUNNING not in states(url)
     assert TrialState.FAIL in states(url)
     resumed = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
