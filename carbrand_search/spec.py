@@ -309,6 +309,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
 
 
 RANGE_KEYS = {"low", "high", "step", "log", "default"}
+FIXED_PER_STUDY = {"data.cache_size", "data.fit"}
 CHOICE_KEYS = {"choices", "default"}
 
 
@@ -318,6 +319,11 @@ def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]
             raise ValueError(f"space.{section} must be a table of parameters")
         for name, table in params.items():
             key = f"{section}.{name}"
+            if key in FIXED_PER_STUDY:
+                raise ValueError(
+                    f"space.{key}: cannot be searched (workers decode images once per study at "
+                    "this setting); set it in [data]"
+                )
             if not isinstance(table, Mapping):
                 raise ValueError(f"space.{key} must be a table with low/high or choices")
             yield _parse_param(key, field_type(base, key), table)

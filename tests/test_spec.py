@@ -112,6 +112,10 @@ def test_unknown_study_lists_available() -> None:
             r"log=true needs low > 0",
         ),
         ("[study]\nn_trials = 3\n", r"model\.name is required"),
+        (
+            MINIMAL + "\n[space.data.cache_size]\nchoices = [128, 256]\ndefault = 256\n",
+            r"space\.data\.cache_size: cannot be searched",
+        ),
         ("[model\nname=", r"not valid TOML"),
     ],
 )
