@@ -40,3 +40,9 @@ def test_throughput_bench(tmp_path: Path) -> None:
         and epochs["warm_epoch_s"] > 0
         and epochs["decode_every_time_epoch_s"] > 0
     )
+
+
+def test_storage_bench(tmp_path: Path) -> None:
+    result = run_bench("storage.py", tmp_path / "result.json")
+    assert {row["storage"] for row in result["rows"]} == {"sqlite", "journal", "postgresql"}
+    assert all(row["trials"] == 10 and row["lock_errors"] == 0 for row in result["rows"])
