@@ -15,6 +15,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.errors import UserError
+from carbrand_search.pruners import make_pruner
 from carbrand_search.spec import SamplerConfig, StudySpec, spec_from_text
 
 TEXT_ATTR, HASH_ATTR, BUDGET_ATTR = "study_text", "study_hash", "n_trials"
@@ -60,7 +61,6 @@ def ensure_study(
     spec: StudySpec, storage: optuna.storages.BaseStorage, n_trials: int | None
 ) -> optuna.Study:
     """Create the study once or load it; a different study file under the same name is refused."""
-    from carbrand_search.pruners import make_pruner
 
     study = optuna.create_study(
         study_name=spec.name,
@@ -96,7 +96,6 @@ def worker_main(plan: WorkerPlan) -> None:
     from carbrand_search.cache import default_cache_root
     from carbrand_search.job import load_training_data
     from carbrand_search.objective import Objective, trials_taken
-    from carbrand_search.pruners import make_pruner
     from carbrand_search.storage import artifact_store, open_storage
 
     def interrupt(*_: Any) -> None:

@@ -89,8 +89,8 @@ class Objective:
             raise OSError(f"cannot write {path.name} to the artifact store: {e}") from e
 
     def _run(self, trial: optuna.Trial) -> float:
-        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=COUNTED)]
-        if sum(1 for t in ahead if t.number < trial.number) >= self.budget:
+        taken = trial.study.get_trials(deepcopy=False, states=COUNTED)
+        if sum(1 for t in taken if t.number < trial.number) >= self.budget:
             trial.set_user_attr("surplus", True)
             raise BudgetReached
         trial.set_user_attr("worker", self.worker)
