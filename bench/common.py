@@ -42,6 +42,27 @@ def demo_data(root: Path, classes: int, per_class: int, size: int) -> Path:
     return root
 
 
+MODEL_BLOCKS = {
+    "small_cnn": """
+[model]
+name = "small_cnn"
+filters = [16, 32, 64]
+dense_units = 64
+batch_norm = {batch_norm}
+[space.model.dropout]
+low = 0.0
+high = 0.5
+default = 0.1
+""",
+    # Random initialisation: the bench measures speed, and GPU machines may have no internet.
+    "efficientnet_b0": """
+[model]
+name = "efficientnet_b0"
+pretrained = false
+""",
+}
+
+
 def study_file(
     folder: Path,
     name: str,
@@ -53,8 +74,10 @@ def study_file(
     optimizer: str = "sgd",
     batch_norm: bool = True,
     warmup: int = 1,
+    model: str = "small_cnn",
+    compile: bool = False,
 ) -> Path:
-    """A small-CNN study on demo data, lr searched log-uniformly over `lr`."""
+    """A small study on demo data (small_cnn or efficientnet_b0), lr searched log-uniformly."""
     path = folder / f"{name}.toml"
     path.write_text(
         f"""
@@ -63,25 +86,17 @@ n_trials = {n_trials}
 [data]
 cache_size = {size}
 image_size = {size - size // 8}
-[model]
-name = "small_cnn"
-filters = [16, 32, 64]
-dense_units = 64
-batch_norm = {str(batch_norm).lower()}
 [train]
 epochs = {epochs}
 batch_size = 32
 optimizer = "{optimizer}"
 scheduler = "none"
+compile = {str(compile).lower()}
 [space.train.lr]
 low = {lr[0]}
 high = {lr[1]}
 log = true
 default = {lr[0]}
-[space.model.dropout]
-low = 0.0
-high = 0.5
-default = 0.1
 [sampler]
 name = "random"
 seed = 0
@@ -91,6 +106,7 @@ warmup_epochs = {warmup}
 patience = 2
 optuna = "none"
 """
+        + MODEL_BLOCKS[model].format(batch_norm=str(batch_norm).lower())
     )
     return path
 
@@ -102,19 +118,15 @@ def warm_cache(study: Path, data: Path, cache: Path) -> None:
         load_split(tree, split, load_spec(str(study)).base.data, cache, skip_bad=False)
 
 
-def timed_run(study: Path, data: Path, db: Path, workers: int, cache: Path) -> dict[str, float]:
-    """Run a study to its budget with `workers` processes; wall time and what the trials did."""
+def timed_run(
+    study: Path, data: Path, db: Path, workers: int, cache: Path, per_gpu: int = 1
+) -> dict[str, float]:
+    """Run a study to its budget with `workers` processes (`per_gpu` of them sharing a GPU);
+    wall time and what the trials did."""
     url = f"sqlite:///{db}"
     args = [sys.executable, "-m", "carbrand_search", "run", str(study), "--storage", url]
-    args += [
-        "--data",
-        str(data),
-        "--workers",
-        str(workers),
-        "--artifacts",
-        str(db.parent / "artifacts"),
-    ]
-    args += ["--cache-dir", str(cache)]
+    args += ["--data", str(data), "--workers", str(workers), "--workers-per-gpu", str(per_gpu)]
+    args += ["--artifacts", str(db.parent / "artifacts"), "--cache-dir", str(cache)]
     start = time.perf_counter()
     subprocess.run(args, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -126,6 +138,7 @@ def timed_run(study: Path, data: Path, db: Path, workers: int, cache: Path) -> d
         "pruned_trials": [t.number for t in done if t.state == TrialState.PRUNED],
         "values": {t.number: round(t.value, 4) for t in done if t.value is not None},
         "workers": workers,
+        "workers_per_gpu": per_gpu,
         "seconds": round(seconds, 2),
         "trials": len(done),
         "trials_per_hour": round(3600 * len(done) / seconds, 1),

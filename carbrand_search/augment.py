@@ -29,12 +29,11 @@ class Augment:
         out = self.data.image_size
         top = (size - out) // 2
         crop = images[:, top : top + out, top : top + out, :]
-        return self._normalize(crop.permute(0, 3, 1, 2).float().div_(255))
+        return self._normalize(_to_float(crop))
 
     def train_batch(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """uint8 (N, S, S, 3) → normalised float (N, 3, s, s): random crop, flip, colour jitter."""
-        x = images.permute(0, 3, 1, 2).float().div_(255)
-        x = self._random_crop(x, generator)
+        x = self._random_crop(images, generator)
         n = x.shape[0]
         if self.data.hflip:
             flip = torch.rand(n, device=x.device, generator=generator) < 0.5
@@ -48,22 +47,27 @@ class Augment:
     ) -> Tensor:
         return low + (high - low) * torch.rand(n, device=like.device, generator=g)
 
-    def _random_crop(self, x: Tensor, g: torch.Generator) -> Tensor:
-        n, size, out = x.shape[0], x.shape[2], self.data.image_size
+    def _random_crop(self, images: Tensor, g: torch.Generator) -> Tensor:
+        """uint8 (N, S, S, 3) → float (N, 3, s, s) in [0, 1]."""
+        n, size, out = images.shape[0], images.shape[1], self.data.image_size
         if self.data.crop == "random":
-            # Integer offsets and an out×out box: roi_align then samples pixel centres exactly.
-            w = h = torch.full((n,), float(out), device=x.device)
-            x0 = torch.randint(0, size - out + 1, (n,), device=x.device, generator=g).float()
-            y0 = torch.randint(0, size - out + 1, (n,), device=x.device, generator=g).float()
-        else:
-            area = self._uniform(n, self.data.min_scale, 1.0, x, g) * size * size
-            log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), x, g)
-            w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=size)
-            h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=size)
-            x0 = torch.rand(n, device=x.device, generator=g) * (size - w)
-            y0 = torch.rand(n, device=x.device, generator=g) * (size - h)
+            # Integer offsets: gather the uint8 crop first, so only s×s pixels become floats.
+            x0 = torch.randint(0, size - out + 1, (n,), device=images.device, generator=g)
+            y0 = torch.randint(0, size - out + 1, (n,), device=images.device, generator=g)
+            steps = torch.arange(out, device=images.device)
+            rows = (y0[:, None] + steps)[:, :, None]
+            cols = (x0[:, None] + steps)[:, None, :]
+            batch = torch.arange(n, device=images.device)[:, None, None]
+            return _to_float(images[batch, rows, cols])
+        x = _to_float(images)
+        area = self._uniform(n, self.data.min_scale, 1.0, x, g) * size * size
+        log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), x, g)
+        w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=size)
+        h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=size)
+        x0f = torch.rand(n, device=x.device, generator=g) * (size - w)
+        y0f = torch.rand(n, device=x.device, generator=g) * (size - h)
         index = torch.arange(n, device=x.device, dtype=x.dtype)
-        boxes = torch.stack([index, x0, y0, x0 + w, y0 + h], dim=1)
+        boxes = torch.stack([index, x0f, y0f, x0f + w, y0f + h], dim=1)
         return roi_align(
             x, boxes, output_size=out, spatial_scale=1.0, sampling_ratio=-1, aligned=True
         )
@@ -81,3 +85,8 @@ class Augment:
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (x - gray) * saturation + gray
         return x.clamp_(0, 1)
+
+
+def _to_float(images: Tensor) -> Tensor:
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255)

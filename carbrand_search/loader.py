@@ -50,10 +50,20 @@ class DeviceSplit:
                 )
             return
         order = torch.randperm(n, generator=generator)
+        # One copy of the order per device and epoch, not a host-to-GPU copy per batch.
+        image_order, label_order = order.to(self.images.device), order.to(self.device)
         for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            images = self.images[index.to(self.images.device)]
-            yield self._on_device(images), self.labels[index.to(self.device)]
+            images = self._gather(image_order[start : start + batch_size])
+            yield self._on_device(images), self.labels[label_order[start : start + batch_size]]
+
+    def _gather(self, index: Tensor) -> Tensor:
+        if self.images.is_pinned():
+            # Indexing would return pageable memory, whose "non-blocking" copy blocks: gather into
+            # pinned memory (PyTorch's caching host allocator) so the copy overlaps the GPU's work.
+            shape = (index.shape[0], *self.images.shape[1:])
+            out = torch.empty(shape, dtype=self.images.dtype, pin_memory=True)
+            return torch.index_select(self.images, 0, index, out=out)
+        return self.images[index]
 
     def _on_device(self, images: Tensor) -> Tensor:
         return (

@@ -11,6 +11,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 from sklearn.metrics import confusion_matrix
+from torch import Tensor
 
 from carbrand_search import plots, space
 from carbrand_search.job import TrainingData, augment_for, train_config
@@ -41,8 +42,8 @@ class TrialListener:
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         self.trial.set_user_attr("epoch", epoch)
 
-    def batch_end(self, loss: float) -> None:
-        pass
+    def batch_end(self, loss: Tensor) -> None:
+        pass  # per-epoch reporting only: reading a batch loss would stall the GPU
 
     def epoch_end(self, metrics: EpochMetrics) -> None:
         self.epochs.append(metrics.to_dict())

@@ -1,5 +1,7 @@
 """Rich progress for the terminal: cache building and training epochs."""
 
+import time
+
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import (
@@ -11,8 +13,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from torch import Tensor
 
 from carbrand_search.train import EpochMetrics
+
+LOSS_REFRESH_S = 0.5
 
 
 def _bar(console: Console) -> Progress:
@@ -65,8 +70,9 @@ class RichTrainListener:
         self.progress = _bar(console)
         self.task: TaskID | None = None
         self.epochs = 0
-        self.loss_sum = 0.0
+        self.loss_sum: Tensor | float = 0.0
         self.batches = 0
+        self.shown_at = 0.0
         self.best: float | None = None
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
@@ -74,11 +80,15 @@ class RichTrainListener:
         self.progress.start()
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, note="")
 
-    def batch_end(self, loss: float) -> None:
-        self.loss_sum += loss
+    def batch_end(self, loss: Tensor) -> None:
+        self.loss_sum = loss + self.loss_sum
         self.batches += 1
         assert self.task is not None
-        self.progress.update(self.task, advance=1, note=f"loss {self.loss_sum / self.batches:.3f}")
+        self.progress.update(self.task, advance=1)
+        # Reading the loss makes the host wait for the GPU: a few times a second, not per batch.
+        if time.monotonic() - self.shown_at >= LOSS_REFRESH_S:
+            self.shown_at = time.monotonic()
+            self.progress.update(self.task, note=f"loss {float(self.loss_sum) / self.batches:.3f}")
 
     def epoch_end(self, metrics: EpochMetrics) -> None:
         self.progress.stop()

@@ -3,7 +3,7 @@
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
@@ -45,7 +45,8 @@ class TrainListener(Protocol):
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
 
-    def batch_end(self, loss: float) -> None: ...
+    def batch_end(self, loss: Tensor) -> None:
+        """`loss` is a 0-d tensor on the training device; `.item()` on it waits for the GPU."""
 
     def epoch_end(self, metrics: EpochMetrics) -> None: ...
 
@@ -164,13 +165,33 @@ def predict(
     outputs, labels = [], []
     for images, y in split.batches(batch_size):
         with _autocast(device, amp):
-            outputs.append(model(_to_model(augment.eval_batch(images), device)).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(outputs), torch.cat(labels)
+            outputs.append(model(model_input(augment.eval_batch(images), device)).float())
+        labels.append(y)
+    # One copy to the host at the end: a copy per batch would make the host wait for each one.
+    return torch.cat(outputs).cpu(), torch.cat(labels).cpu()
 
 
-def _to_model(x: Tensor, device: torch.device) -> Tensor:
+def model_input(x: Tensor, device: torch.device) -> Tensor:
+    """A float batch in the layout the model runs fastest on (channels_last on CUDA)."""
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def train_step(
+    forward: Callable[[Tensor], Tensor],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    labels: Tensor,
+    amp: bool,
+) -> Tensor:
+    """One optimisation step. The loss comes back detached and on the device: reading it
+    (`.item()`) would make the host wait for the GPU, so callers do that rarely."""
+    with _autocast(x.device, amp):
+        loss = criterion(forward(x).float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def val_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
@@ -237,25 +258,20 @@ def fit(
         if listener:
             listener.epoch_start(epoch, cfg.epochs, steps)
         model.train()
-        total_loss, seen = 0.0, 0
+        total_loss, seen = torch.zeros((), device=device), 0
         for images, labels in _train_batches(train, cfg.batch_size, shuffle):
-            x = _to_model(augment.train_batch(images, aug_gen), device)
-            with _autocast(device, cfg.amp):
-                loss = criterion(forward(x).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            x = model_input(augment.train_batch(images, aug_gen), device)
+            loss = train_step(forward, criterion, optimizer, x, labels, cfg.amp)
             schedule.after_batch()
-            batch_loss = loss.item()
-            total_loss += batch_loss * labels.shape[0]
+            total_loss += loss * labels.shape[0]
             seen += labels.shape[0]
             if listener:
-                listener.batch_end(batch_loss)
+                listener.batch_end(loss)
         logits, labels = predict(model, val, augment, cfg.batch_size * 2, cfg.amp)
         values = val_metrics(logits, labels, num_classes)
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=total_loss / max(seen, 1),
+            train_loss=total_loss.item() / max(seen, 1),
             lr=optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - start,
             **values,

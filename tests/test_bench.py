@@ -1,11 +1,14 @@
-"""The bench scripts run end to end in seconds with --quick and write valid JSON."""
+"""The bench scripts run end to end in seconds with --quick and write valid JSON; the GPU script
+refuses a machine without a GPU."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 
 
@@ -34,15 +37,31 @@ def test_throughput_bench(tmp_path: Path) -> None:
     assert row["pipeline_efficiency"] == pytest.approx(
         row["pipeline_img_s"] / row["in_memory_img_s"], rel=0.01
     )
-    epochs = result["epochs"]
-    assert (
-        epochs["cold_epoch_s"] > 0
-        and epochs["warm_epoch_s"] > 0
-        and epochs["decode_every_time_epoch_s"] > 0
-    )
+    assert [row["processes"] for row in result["packed"]] == [1, 2]
+    for row in result["packed"]:
+        assert len(row["per_process_img_s"]) == row["processes"]
+        assert all(rate > 0 for rate in row["per_process_img_s"])
+        assert row["summed_img_s"] == pytest.approx(sum(row["per_process_img_s"]), abs=0.2)
+    assert len(result["epochs"]) >= 1
+    for epochs in result["epochs"]:
+        assert epochs["images"] > 0 and epochs["source"]
+        assert epochs["cold_epoch_s"] > 0 and epochs["cache_load_s"] > 0
+        assert epochs["warm_epoch_s"] > 0 and epochs["decode_every_time_epoch_s"] > 0
 
 
 def test_storage_bench(tmp_path: Path) -> None:
     result = run_bench("storage.py", tmp_path / "result.json")
     assert {row["storage"] for row in result["rows"]} == {"sqlite", "journal", "postgresql"}
     assert all(row["trials"] == 10 and row["lock_errors"] == 0 for row in result["rows"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs for minutes")
+def test_gpu_script_refuses_without_a_gpu(tmp_path: Path) -> None:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"PATH": path},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "torch sees no CUDA GPU" in done.stderr
+    assert not (tmp_path / "gpu.log").exists()

@@ -138,7 +138,7 @@ def test_freeze_epochs_train_only_the_head(demo_root: Path, tmp_path: Path) -> N
             if epoch == 1:
                 self.epoch_end(None)
 
-        def batch_end(self, loss: float) -> None: ...
+        def batch_end(self, loss: torch.Tensor) -> None: ...
 
         def epoch_end(self, metrics: EpochMetrics | None) -> None:
             snapshots.append({k: v.clone() for k, v in self.model.state_dict().items()})
@@ -150,6 +150,28 @@ def test_freeze_epochs_train_only_the_head(demo_root: Path, tmp_path: Path) -> N
     assert torch.equal(before[conv], after_frozen[conv])
     assert not torch.equal(before[head], after_frozen[head])
     assert not torch.equal(after_frozen[conv], after_unfrozen[conv])
+
+
+def test_train_loss_is_the_mean_of_batch_losses(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=1", "model.filters=[8, 16]")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    losses: list[torch.Tensor] = []
+
+    class Record:
+        def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+
+        def batch_end(self, loss: torch.Tensor) -> None:
+            assert loss.dim() == 0 and not loss.requires_grad
+            losses.append(loss.clone())
+
+        def epoch_end(self, metrics: EpochMetrics) -> None: ...
+
+    model = build_model(config, len(data.tree.classes))
+    result = fit(model, data.train, data.val, augment_for(config), config.train, 6, Record())
+    sizes = [len(b[1]) for b in data.train.batches(config.train.batch_size) if len(b[1]) > 1]
+    assert len(losses) == len(sizes) > 1
+    expected = sum(float(loss) * n for loss, n in zip(losses, sizes, strict=True)) / sum(sizes)
+    assert result.history[0].train_loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_collapse_signals() -> None:
