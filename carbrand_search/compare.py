@@ -32,7 +32,7 @@ def compare_rows(
                 ),
                 "test acc": round(ev.accuracy, 4),
                 "macro-F1": round(ev.macro_f1, 4),
-                "confusion matrix": "collapsed" if verdict["collapsed"] else "balanced diagonal",
+                "confusion matrix": "collapsed" if verdict["collapsed"] else "no collapse",
                 "trials run": len(trials),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             }

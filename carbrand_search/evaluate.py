@@ -118,13 +118,15 @@ class Evaluation:
         ]
 
     def verdict(self) -> dict[str, Any]:
-        """Collapsed (one brand dominates predictions) or a balanced diagonal, from the matrix."""
+        """Collapsed (one brand dominates predictions) or not, and how far the diagonal is above
+        guessing (1 / brands), from the matrix."""
         cm = self.confusion
         predicted = cm.sum(axis=0)
         top = int(predicted.argmax())
         share = float(predicted[top] / cm.sum())
         diagonal = float(np.trace(cm) / cm.sum())
         used = int((predicted > 0).sum())
+        chance = 1 / len(self.classes)
         collapsed = share >= COLLAPSE_SHARE and len(self.classes) > 2
         if collapsed:
             text = (
@@ -133,7 +135,8 @@ class Evaluation:
             )
         else:
             text = (
-                f"balanced diagonal: {diagonal:.0%} of test images on the diagonal; the most "
+                f"no collapse: {diagonal:.0%} of test images on the diagonal "
+                f"({diagonal / chance:.1f}× the {chance:.0%} of guessing); the most "
                 f"predicted brand ('{self.classes[top]}') takes {share:.0%} of predictions; "
                 f"{used} of {len(self.classes)} brands predicted"
             )
@@ -142,6 +145,7 @@ class Evaluation:
             "top_predicted_class": self.classes[top],
             "top_predicted_share": share,
             "diagonal_share": diagonal,
+            "times_chance": diagonal / chance,
             "classes_predicted": used,
             "text": text,
         }

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from carbrand_search import space
 from carbrand_search.cli import app
 from carbrand_search.data import load_image, scan, square_array
-from carbrand_search.evaluate import load_trial_model
+from carbrand_search.evaluate import Evaluation, load_trial_model
 from carbrand_search.gradcam import overlays
 from carbrand_search.job import augment_for, build_model
 from carbrand_search.launcher import stored_spec
@@ -115,7 +115,7 @@ def test_report_numbers_match_an_independent_evaluation(done: Done, tmp_path: Pa
     assert best["test"]["gradcam"]["correct"] == int((preds == labels).sum())
     verdict = best["test"]["verdict"]
     assert verdict["collapsed"] == (verdict["top_predicted_share"] >= 0.5)
-    assert verdict["text"].startswith("collapsed" if verdict["collapsed"] else "balanced diagonal")
+    assert verdict["text"].startswith("collapsed" if verdict["collapsed"] else "no collapse")
     page = (out / "report.html").read_text()
     assert all(brand in page for brand in classes)
     assert page.count("data:image/png;base64,") >= 5
@@ -126,6 +126,28 @@ def test_report_numbers_match_an_independent_evaluation(done: Done, tmp_path: Pa
     assert (out / f"trial-{best['number']}" / "confusion.csv").read_text().count("\n") == len(
         classes
     ) + 1
+
+
+@pytest.mark.parametrize(
+    ("preds", "collapsed", "start", "times_chance"),
+    [
+        ([0, 0, 0, 0, 0, 0, 0, 1], True, "collapsed", 1.0),  # one brand takes 7 of 8
+        ([0, 1, 2, 3, 0, 1, 2, 3], False, "no collapse", 4.0),  # all right
+        ([1, 2, 3, 0, 1, 2, 3, 0], False, "no collapse", 0.0),  # spread out, all wrong
+    ],
+)
+def test_verdict_from_the_matrix(
+    preds: list[int], collapsed: bool, start: str, times_chance: float
+) -> None:
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    ev = Evaluation(
+        ("a", "b", "c", "d"), labels, np.array(preds), np.zeros((8, 4)), np.zeros((8, 2, 2, 3))
+    )
+    verdict = ev.verdict()
+    assert verdict["collapsed"] is collapsed and verdict["text"].startswith(start)
+    assert verdict["times_chance"] == pytest.approx(times_chance)
+    if not collapsed:
+        assert f"{times_chance:.1f}× the 25% of guessing" in verdict["text"]
 
 
 def test_report_refuses_to_overwrite_without_force(done: Done, tmp_path: Path) -> None:

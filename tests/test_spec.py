@@ -36,6 +36,14 @@ def test_shipped_studies_load(name: str) -> None:
     assert spec.space
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "bench" / "studies").glob("*.toml")), ids=str)
+def test_real_data_experiment_studies_load(path: Path) -> None:
+    spec = load_spec(str(path))
+    config = spec.resolve(spec.defaults())
+    assert spec.n_trials == 1 and all(len(p.choices) == 1 for p in spec.space)
+    assert config.train.class_weights == "balanced"
+
+
 def test_cnn_defaults_reproduce_the_seed_recipe() -> None:
     spec = load_spec("cnn-hpo")
     config = spec.resolve(spec.defaults())
