@@ -1,5 +1,6 @@
 """Batched augmentation of cached uint8 images, on whatever device the batch lives on."""
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -19,9 +20,7 @@ class Augment:
     std: tuple[float, ...]
 
     def _normalize(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - _channels(self.mean, x.device)) / _channels(self.std, x.device)
 
     def eval_batch(self, images: Tensor) -> Tensor:
         """uint8 (N, S, S, 3) → normalised float (N, 3, s, s), centre crop."""
@@ -90,3 +89,10 @@ class Augment:
 def _to_float(images: Tensor) -> Tensor:
     """uint8 (N, H, W, 3) → float (N, 3, H, W) in [0, 1]."""
     return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+@functools.cache
+def _channels(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """Per-channel constants as a (1, 3, 1, 1) tensor, made once per device: building it per batch
+    copies from host memory, which on CUDA waits for the GPU's queue to drain."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)

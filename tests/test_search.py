@@ -298,6 +298,21 @@ def test_cpu_cores_are_split_between_workers(monkeypatch: pytest.MonkeyPatch) ->
             plan_devices("cuda", 1, 1)
 
 
+def test_workers_per_gpu_packs_trials_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planning only (no CUDA call is made): two visible GPUs, 16 cores.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert plan_devices("cuda", 4, 2) == [
+        ("cuda:0", 4),
+        ("cuda:1", 4),
+        ("cuda:0", 4),
+        ("cuda:1", 4),
+    ]
+    assert plan_devices("cuda", 2, 1) == [("cuda:0", 8), ("cuda:1", 8)]
+    with pytest.raises(UserError, match="--workers 5 is more than 2 GPU"):
+        plan_devices("cuda", 5, 2)
+
+
 @pytest.mark.parametrize(
     ("name", "kind"),
     [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
