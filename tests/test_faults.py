@@ -101,6 +101,18 @@ def test_sigkill_one_of_three_workers_on_postgres(demo_root: Path, tmp_path: Pat
             assert (tmp_path / "a" / t.user_attrs["checkpoint"]).is_file()
 
 
+def backends(database: str, terminate: bool) -> int:
+    """Connections to `database` other than this one; with `terminate`, cut them too."""
+    what = "count(pg_terminate_backend(pid))" if terminate else "count(*)"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT {what} FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg) -> None:
     url, name = pg
     proc = start_run(
@@ -109,13 +121,9 @@ def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg)
     wait_for(lambda: bool(running_past_epoch(url)))
     started = time.monotonic()
     for _ in range(2):  # cut every connection the workers hold, twice
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            cut = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            ).fetchone()
-        assert cut is not None and cut[0] >= 1
+        # After a cut, workers back off before reconnecting: wait until they hold one again.
+        wait_for(lambda: backends(name, terminate=False) >= 1)
+        assert backends(name, terminate=True) >= 1
         time.sleep(2)
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output
