@@ -5,13 +5,18 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from carbrand_search.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from carbrand_search.spec import StudySpec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
@@ -288,11 +293,21 @@ def run(
     heartbeat: HeartbeatOpt = 15,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
+    from_study: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Warm start: queue the best parameter sets of this study (same storage) that "
+            "fit this study's space.",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many of --from's best trials to queue.")] = 3,
 ) -> None:
     """Create or resume a study; N parallel workers optimise it until its budget is met."""
     import signal
     import time
 
+    import optuna
     from rich.live import Live
 
     from carbrand_search.cache import default_cache_root
@@ -312,8 +327,8 @@ def run(
     from carbrand_search.spec import load_spec
     from carbrand_search.storage import artifact_store, mask, open_storage
 
-    if workers < 1 or workers_per_gpu < 1:
-        raise UserError("--workers and --workers-per-gpu must be >= 1")
+    if workers < 1 or workers_per_gpu < 1 or top < 1:
+        raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
     spec = load_spec(study)
     devices = plan_devices(device, workers, workers_per_gpu)
     cores = os.cpu_count() or 1
@@ -330,12 +345,20 @@ def run(
             load_split(tree, split, spec.base.data, cache, skip_bad, progress)
     artifact_store(artifacts)
     store = open_storage(storage, heartbeat)
+    source = None
+    if from_study is not None:
+        try:
+            source = optuna.load_study(study_name=from_study, storage=store)
+        except KeyError:
+            raise UserError(f"--from {from_study}: no such study in this storage") from None
     optuna_study = ensure_study(spec, store, n_trials)
     budget = int(optuna_study.user_attrs[BUDGET_ATTR])
     finished = count(optuna_study, *FINISHED)
     if finished >= budget:
         console.print(f"{spec.name}: already finished ({finished}/{budget} trials); nothing to do")
         return
+    if source is not None:
+        _warm_start(optuna_study, spec, source, top)
     console.print(
         f"{spec.name}: {budget - finished} trials to go with {workers} worker(s) on "
         f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(storage)}"
@@ -386,6 +409,20 @@ def run(
         )
     if crashed:
         err_console.print(f"[yellow]warning:[/] worker exit codes {crashed}; the budget was met")
+
+
+def _warm_start(
+    study: "optuna.Study", spec: "StudySpec", source: "optuna.Study", top: int
+) -> None:
+    """`run --from`: queue the other study's best fitting parameter sets and say which."""
+    from carbrand_search.launcher import stored_spec
+    from carbrand_search.warmstart import enqueue_from
+
+    result = enqueue_from(study, spec, source, stored_spec(source), top)
+    for number, reason in result.skipped:
+        console.print(f"--from {source.study_name}: skipped trial {number}: {reason}")
+    queued = ", ".join(str(n) for n in result.enqueued) or "none"
+    console.print(f"--from {source.study_name}: queued trials {queued} as warm starts")
 
 
 @app.command("create")

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from carbrand_search.errors import UserError
 from carbrand_search.pruners import make_pruner
 from carbrand_search.spec import SamplerConfig, StudySpec, spec_from_text
+from carbrand_search.warmstart import enqueue_defaults
 
 TEXT_ATTR, HASH_ATTR, BUDGET_ATTR = "study_text", "study_hash", "n_trials"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -74,6 +75,7 @@ def ensure_study(
     if stored_hash is None:
         study.set_user_attr(TEXT_ATTR, spec.text)
         study.set_user_attr(HASH_ATTR, spec.text_hash)
+        enqueue_defaults(study, spec)
     elif stored_hash != spec.text_hash:
         raise UserError(
             f"study '{spec.name}' in this storage was created from a different study file "

@@ -38,9 +38,14 @@ class DeviceSplit:
         return -(-len(self) // batch_size)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        draw_weights: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(images, labels) batches; shuffled when a generator is given, in order otherwise."""
+        """(images, labels) batches; shuffled when a generator is given, in order otherwise.
+        With `draw_weights` (one per sample) an epoch is as many draws with replacement, each
+        sample drawn in proportion to its weight."""
         n = len(self)
         if generator is None:
             for start in range(0, n, batch_size):
@@ -49,7 +54,11 @@ class DeviceSplit:
                     self.labels[start : start + batch_size],
                 )
             return
-        order = torch.randperm(n, generator=generator)
+        order = (
+            torch.randperm(n, generator=generator)
+            if draw_weights is None
+            else torch.multinomial(draw_weights, n, replacement=True, generator=generator)
+        )
         # One copy of the order per device and epoch, not a host-to-GPU copy per batch.
         image_order, label_order = order.to(self.images.device), order.to(self.device)
         for start in range(0, n, batch_size):

@@ -15,6 +15,7 @@ from rich.progress import (
 from rich.table import Table
 from torch import Tensor
 
+from carbrand_search.metric import is_better
 from carbrand_search.train import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
@@ -95,9 +96,7 @@ class RichTrainListener:
         if self.task is not None:
             self.progress.remove_task(self.task)
         value = metrics.value(self.monitor)
-        better = self.best is None or (
-            value < self.best if self.monitor == "val_loss" else value > self.best
-        )
+        better = self.best is None or is_better(self.monitor, value, self.best)
         if better:
             self.best = value
         self.console.print(format_epoch(metrics, self.epochs, better))

@@ -1,8 +1,10 @@
 """The collapse pruner: stop trials whose predictions collapsed, that learned nothing, or diverged.
 
 It reads the per-epoch collapse signals the objective stores in the trial's user attributes
-(`epochs`: a list of {"top_class_share", "loss_ratio", "val_loss", ...}) and combines with
-Optuna's median or Hyperband pruner: either may prune.
+(`epochs`: a list of {"top_class_share", "loss_ratio", "val_loss", ...}) and runs before
+Optuna's median, successive-halving or Hyperband pruner: either may prune. With Hyperband the
+study's pruner is a `HyperbandPruner` subclass, so TPE sees the brackets and samples each from
+its own bracket's trials.
 """
 
 import math
@@ -10,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.pruners import BasePruner
+from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial
 
 from carbrand_search.spec import PrunerConfig
@@ -28,7 +30,7 @@ def collapse_reason(
     epoch = len(epochs)
     if not (math.isfinite(last["val_loss"]) and math.isfinite(last["train_loss"])):
         return {"rule": "diverged", "epoch": epoch, "val_loss": str(last["val_loss"])}
-    if not cfg.collapse or epoch <= cfg.warmup_epochs:
+    if not cfg.collapse or epoch < cfg.first_prunable_epoch:
         return None
     if last["top_class_share"] > cfg.max_top_class_share:
         return {
@@ -50,6 +52,10 @@ def collapse_reason(
     return None
 
 
+def _collapsed(cfg: PrunerConfig, trial: FrozenTrial) -> bool:
+    return collapse_reason(cfg, trial.user_attrs.get(EPOCHS_ATTR, [])) is not None
+
+
 class CollapsePruner(BasePruner):
     """Prunes collapsed or diverged trials; otherwise defers to an optional Optuna pruner."""
 
@@ -58,16 +64,39 @@ class CollapsePruner(BasePruner):
         self.inner = inner
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if collapse_reason(self.cfg, trial.user_attrs.get(EPOCHS_ATTR, [])) is not None:
+        if _collapsed(self.cfg, trial):
             return True
-        return self.inner is not None and self.inner.prune(study, trial)
+        return self.inner is not None and bool(self.inner.prune(study, trial))
 
 
-def make_pruner(cfg: PrunerConfig) -> CollapsePruner:
-    """The study file's pruner settings → a pruner for `optuna.create_study`."""
+class CollapseHyperbandPruner(HyperbandPruner):
+    """Optuna's Hyperband after the collapse rules. A subclass, not a wrapper: TPESampler
+    samples per Hyperband bracket only when `study.pruner` is a HyperbandPruner."""
+
+    def __init__(self, cfg: PrunerConfig):
+        super().__init__(
+            min_resource=cfg.first_prunable_epoch, reduction_factor=cfg.reduction_factor
+        )
+        self.cfg = cfg
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return _collapsed(self.cfg, trial) or bool(super().prune(study, trial))
+
+
+def make_pruner(cfg: PrunerConfig) -> BasePruner:
+    """The study file's pruner settings → a pruner for `optuna.create_study`. Epochs are
+    reported from 1, so Optuna's warm-up and first rung are the first prunable epoch."""
+    if cfg.optuna == "hyperband":
+        return CollapseHyperbandPruner(cfg)
     inner: BasePruner | None = None
     if cfg.optuna == "median":
-        inner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=cfg.warmup_epochs)
-    elif cfg.optuna == "hyperband":
-        inner = optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_epochs))
+        inner = optuna.pruners.MedianPruner(
+            n_startup_trials=4, n_warmup_steps=cfg.first_prunable_epoch
+        )
+        if cfg.optuna_patience:
+            inner = optuna.pruners.PatientPruner(inner, patience=cfg.optuna_patience)
+    elif cfg.optuna == "successive_halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=cfg.first_prunable_epoch, reduction_factor=cfg.reduction_factor
+        )
     return CollapsePruner(cfg, inner)

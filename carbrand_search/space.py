@@ -41,6 +41,28 @@ def sample(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     return {param.key: suggest(trial, param) for param in spec.space}
 
 
+def encode(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain values → the form Optuna stores (what `enqueue_trial` takes)."""
+    return {key: _label(value) for key, value in values.items()}
+
+
+def fits(param: ParamSpec, value: Any) -> bool:
+    """Whether plain `value` is one this parameter's range or choices can produce."""
+    if param.choices:
+        return value in param.choices
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if param.is_int and not float(value).is_integer():
+        return False
+    assert param.low is not None and param.high is not None
+    if not param.low <= value <= param.high:
+        return False
+    if param.step is not None:
+        steps = (value - param.low) / param.step
+        return abs(steps - round(steps)) < 1e-8
+    return True
+
+
 def decode(spec: StudySpec, stored: Mapping[str, Any]) -> dict[str, Any]:
     """A finished trial's stored params → the plain values `spec.resolve` takes."""
     by_key = {p.key: p for p in spec.space}

@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from carbrand_search import models
+from carbrand_search import metric, models
 from carbrand_search.errors import UserError
 from carbrand_search.fields import build, coerce, field_types, parse_literal, replace
-
-Metric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
+from carbrand_search.metric import Metric
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,11 @@ class TrainConfig:
     plateau_factor: float = 0.5
     warmup_epochs: int = 0
     freeze_epochs: int = 0  # epochs training only the classifier head
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] = "none"  # loss weights ∝ 1 / class frequency
+    sampling: Literal["shuffle", "balanced"] = "shuffle"  # balanced: every class drawn equally
+    mixup_alpha: float = 0.0  # timm Mixup's Beta(α, α); 0 = off
+    cutmix_alpha: float = 0.0  # timm CutMix's Beta(α, α); 0 = off (with both on, each batch
+    # picks one of the two at random)
     monitor: Metric = "val_macro_f1"  # picks the best epoch and is the study's objective
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
@@ -72,6 +75,8 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "momentum": 0 <= self.momentum < 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "mixup_alpha": 0 <= self.mixup_alpha <= 10,
+            "cutmix_alpha": 0 <= self.cutmix_alpha <= 10,
             "plateau_patience": self.plateau_patience >= 0,
             "plateau_factor": 0 < self.plateau_factor < 1,
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
@@ -125,14 +130,19 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    """Collapse pruning plus, optionally, one of Optuna's own pruners."""
+    """Collapse pruning first, then optionally one of Optuna's own pruners."""
 
     collapse: bool = True
+    # Epochs 1..warmup_epochs are never pruned, by any rule (epochs are reported from 1).
     warmup_epochs: int = 1
     max_top_class_share: float = 0.9
     loss_tolerance: float = 0.02  # |val_loss / ln(classes) - 1| within this counts as stuck
     patience: int = 2
-    optuna: Literal["none", "median", "hyperband"] = "median"
+    optuna: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+    # Median rule only (Optuna's PatientPruner), for noisy curves: ask the median rule only once
+    # the trial's last optuna_patience + 1 epochs all fell below its earlier best; 0 = always.
+    optuna_patience: int = 0
+    reduction_factor: int = 3  # Hyperband / successive halving: 1 / share promoted per rung
 
     def __post_init__(self) -> None:
         if self.warmup_epochs < 0 or self.patience < 1:
@@ -143,6 +153,15 @@ class PrunerConfig:
             )
         if not 0 <= self.loss_tolerance < 1:
             raise ValueError(f"pruner.loss_tolerance must be in [0, 1), got {self.loss_tolerance}")
+        if self.optuna_patience < 0:
+            raise ValueError(f"pruner.optuna_patience must be >= 0, got {self.optuna_patience}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"pruner.reduction_factor must be >= 2, got {self.reduction_factor}")
+
+    @property
+    def first_prunable_epoch(self) -> int:
+        """The first epoch any rule may prune at: the one after the warm-up."""
+        return self.warmup_epochs + 1
 
 
 @dataclass(frozen=True)
@@ -164,8 +183,8 @@ class StudySpec:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     @property
-    def direction(self) -> Literal["minimize", "maximize"]:
-        return "minimize" if self.base.train.monitor == "val_loss" else "maximize"
+    def direction(self) -> metric.Direction:
+        return metric.direction(self.base.train.monitor)
 
     def defaults(self) -> dict[str, Any]:
         """Each searched parameter at its declared default."""
@@ -309,7 +328,14 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
 
 
 RANGE_KEYS = {"low", "high", "step", "log", "default"}
-FIXED_PER_STUDY = {"data.cache_size", "data.fit"}
+# Settings one study cannot vary between trials, and why.
+FIXED_PER_STUDY = {
+    "data.cache_size": "workers decode images once per study at this setting; set it in [data]",
+    "data.fit": "workers decode images once per study at this setting; set it in [data]",
+    "train.monitor": (
+        "it is the study's objective and direction, the same for every trial; set it in [train]"
+    ),
+}
 CHOICE_KEYS = {"choices", "default"}
 
 
@@ -320,10 +346,7 @@ def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]
         for name, table in params.items():
             key = f"{section}.{name}"
             if key in FIXED_PER_STUDY:
-                raise ValueError(
-                    f"space.{key}: cannot be searched (workers decode images once per study at "
-                    "this setting); set it in [data]"
-                )
+                raise ValueError(f"space.{key}: cannot be searched ({FIXED_PER_STUDY[key]})")
             if not isinstance(table, Mapping):
                 raise ValueError(f"space.{key} must be a table with low/high or choices")
             yield _parse_param(key, field_type(base, key), table)

@@ -12,8 +12,11 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from sklearn.utils.class_weight import compute_class_weight
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 
+from carbrand_search import metric
 from carbrand_search.augment import Augment
 from carbrand_search.loader import DeviceSplit
 from carbrand_search.spec import TrainConfig
@@ -78,22 +81,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.RMSprop(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+# timm's optimizer names; "sgd" there means Nesterov momentum.
+_TIMM_OPTIMIZERS = {"adamw": "adamw", "adam": "adam", "rmsprop": "rmsprop"}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """timm's optimizer factory: weight decay only on weights of rank ≥ 2 (never on BatchNorm
+    scales or biases), as timm and nanoGPT do."""
+    name = _TIMM_OPTIMIZERS.get(cfg.optimizer)
+    if name is None:  # sgd
+        name = "nesterov" if cfg.nesterov and cfg.momentum > 0 else "momentum"
+    return create_optimizer_v2(
+        model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
 
 
@@ -106,7 +105,9 @@ class LRSchedule:
         sched = torch.optim.lr_scheduler
         self.per_batch: Any = None
         self.plateau: sched.ReduceLROnPlateau | None = None
-        self.mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
+        self.mode: Literal["min", "max"] = (
+            "min" if metric.direction(cfg.monitor) == "minimize" else "max"
+        )
         warm = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
         if cfg.scheduler == "onecycle":
             pct = warmup / total if warmup else 0.3
@@ -144,9 +145,17 @@ class LRSchedule:
 
 
 def _set_frozen(model: nn.Module, frozen: bool) -> None:
-    head = {id(p) for p in model.get_classifier().parameters()}  # type: ignore[operator]
+    """Train only the classifier while `frozen`. Frozen norm layers also go to eval mode: in
+    train mode BatchNorm would keep moving its running statistics under frozen weights."""
+    head = model.get_classifier()  # type: ignore[operator]
+    head_params = {id(p) for p in head.parameters()}
     for p in model.parameters():
-        p.requires_grad_(not frozen or id(p) in head)
+        p.requires_grad_(not frozen or id(p) in head_params)
+    if frozen:
+        head_modules = set(head.modules())
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module not in head_modules:
+                module.eval()
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
@@ -213,11 +222,37 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def balanced_weights(labels: Tensor, num_classes: int) -> Tensor:
+    """Per-sample draw weights ∝ 1 / its class's count: every class is drawn equally often."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1)
+    return 1.0 / counts[labels.cpu()].double()
+
+
+def make_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix on whole batches, or None when both are off. Label smoothing stays
+    with the loss, which takes the soft targets Mixup returns."""
+    if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0:
+        return None
+    return Mixup(
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )
+
+
 def _train_batches(
-    train: DeviceSplit, batch_size: int, shuffle: torch.Generator
+    train: DeviceSplit,
+    batch_size: int,
+    shuffle: torch.Generator,
+    draw_weights: Tensor | None,
+    even: bool,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
-    return (b for b in train.batches(batch_size, shuffle) if b[1].shape[0] > 1)
+    for images, labels in train.batches(batch_size, shuffle, draw_weights):
+        n = labels.shape[0] - (labels.shape[0] % 2 if even else 0)  # Mixup pairs samples up
+        # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
+        if n > 1:
+            yield images[:n], labels[:n]
 
 
 def fit(
@@ -243,7 +278,11 @@ def fit(
         ).to(device)
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     forward = torch.compile(model) if cfg.compile else model
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
+    mixup = make_mixup(cfg, num_classes)
+    draw_weights = (
+        balanced_weights(train.labels, num_classes) if cfg.sampling == "balanced" else None
+    )
     steps = train.num_batches(cfg.batch_size)
     schedule = LRSchedule(optimizer, cfg, steps)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -251,17 +290,22 @@ def fit(
     history: list[EpochMetrics] = []
     best_state: dict[str, Tensor] = {}
     best_value, best_epoch = -math.inf, cfg.epochs
-    sign = -1.0 if cfg.monitor == "val_loss" else 1.0
+    sign = metric.sign(cfg.monitor)
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        _set_frozen(model, epoch <= cfg.freeze_epochs)
         if listener:
             listener.epoch_start(epoch, cfg.epochs, steps)
         model.train()
+        _set_frozen(model, epoch <= cfg.freeze_epochs)
         total_loss, seen = torch.zeros((), device=device), 0
-        for images, labels in _train_batches(train, cfg.batch_size, shuffle):
-            x = model_input(augment.train_batch(images, aug_gen), device)
-            loss = train_step(forward, criterion, optimizer, x, labels, cfg.amp)
+        batches = _train_batches(train, cfg.batch_size, shuffle, draw_weights, mixup is not None)
+        for images, labels in batches:
+            x = augment.train_batch(images, aug_gen)
+            targets: Tensor = labels
+            if mixup is not None:
+                x, targets = mixup(x, labels)
+            x = model_input(x, device)
+            loss = train_step(forward, criterion, optimizer, x, targets, cfg.amp)
             schedule.after_batch()
             total_loss += loss * labels.shape[0]
             seen += labels.shape[0]

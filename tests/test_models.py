@@ -9,13 +9,15 @@ from huggingface_hub import constants as hf_constants
 
 from carbrand_search import models
 from carbrand_search.errors import UserError
+from carbrand_search.fields import field_types
 
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0_timm.safetensors"
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_forward_backward_shape_no_nan(name: str) -> None:
-    params = {} if name == "small_cnn" else {"pretrained": False}
+    entry = models.entry(name)
+    params = {"pretrained": False} if "pretrained" in field_types(entry.params) else {}
     model = models.create(name, 5, **params)
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
@@ -38,6 +40,34 @@ def test_small_cnn_blocks_follow_params(batch_norm: bool) -> None:
     assert [c.kernel_size[0] for c in convs] == [7, 5, 3, 3]
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert has_bn is batch_norm
+
+
+@pytest.mark.parametrize(
+    ("block", "convs_per_block", "stem_stride"), [("basic", 2, 4), ("bottleneck", 3, 2)]
+)
+def test_resnet_stages_follow_params(block: str, convs_per_block: int, stem_stride: int) -> None:
+    model = models.create(
+        "resnet",
+        7,
+        block=block,
+        layers=[1, 2, 1, 1],
+        channels=[8, 16, 32, 32],
+        stem_stride=stem_stride,
+        attention="se",
+    )
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    assert [len(stage) for stage in stages] == [1, 2, 1, 1]
+    expansion = 4 if block == "bottleneck" else 1  # timm's Bottleneck widens its output 4x
+    assert model.num_features == 32 * expansion
+    first = stages[0][0]
+    convs = [m for m in first.children() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == convs_per_block
+    assert all(blk.se is not None for stage in stages for blk in stage)  # attention in every block
+    assert models.entry("resnet").cam_layer(model) is model.layer4
+    # Stride 4 = timm's conv + max-pool; stride 2 keeps twice the resolution into stage 1.
+    features = model.maxpool(model.act1(model.bn1(model.conv1(torch.randn(1, 3, 32, 32)))))
+    assert features.shape[-1] == 32 // stem_stride
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
 def test_bad_params_are_named() -> None:

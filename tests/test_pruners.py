@@ -68,10 +68,112 @@ def test_median_pruner_combines() -> None:
     assert not _trial_with(study, [epoch(), epoch()], 0.9).should_prune()
 
 
-def test_hyperband_is_built() -> None:
-    pruner = make_pruner(PrunerConfig(optuna="hyperband"))
-    assert isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
-    assert make_pruner(PrunerConfig(optuna="none")).inner is None
+def _finished(study: optuna.Study, n: int, value: float, epochs: int = 4) -> None:
+    """`n` finished trials; each asked the pruner every epoch, as real trials do (successive
+    halving records a trial's rung values only when asked)."""
+    for _ in range(n):
+        trial = study.ask()
+        trial.set_user_attr(EPOCHS_ATTR, [epoch()] * epochs)
+        for step in range(1, epochs + 1):
+            trial.report(value, step)
+            assert not trial.should_prune()
+        study.tell(trial, value)
+
+
+# Epochs are reported to Optuna from 1. With warm-up W, no rule may prune at epochs 1..W and
+# every rule may from W + 1 (Optuna's MedianPruner counts `n_warmup_steps` in steps, so a bare
+# `n_warmup_steps=W` would prune at epoch W).
+WARMUP_TABLE = [
+    (0, 1, True),
+    (1, 1, False),
+    (1, 2, True),
+    (2, 1, False),
+    (2, 2, False),
+    (2, 3, True),
+    (3, 3, False),
+    (3, 4, True),
+]
+
+
+@pytest.mark.parametrize(("warmup", "at_epoch", "prunable"), WARMUP_TABLE)
+def test_median_rule_respects_warmup(warmup: int, at_epoch: int, prunable: bool) -> None:
+    pruner = make_pruner(PrunerConfig(warmup_epochs=warmup, optuna="median", collapse=False))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    _finished(study, 5, 0.8)
+    poor = _trial_with(study, [epoch()] * at_epoch, 0.1)
+    assert poor.should_prune() is prunable
+
+
+@pytest.mark.parametrize(("warmup", "at_epoch", "prunable"), WARMUP_TABLE)
+def test_collapse_rule_respects_warmup(warmup: int, at_epoch: int, prunable: bool) -> None:
+    cfg = PrunerConfig(warmup_epochs=warmup, optuna="none")
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+    collapsed = _trial_with(study, [epoch(top=1.0)] * at_epoch, 0.5)
+    assert collapsed.should_prune() is prunable
+
+
+@pytest.mark.parametrize(("warmup", "at_epoch", "prunable"), WARMUP_TABLE)
+def test_successive_halving_rung_respects_warmup(
+    warmup: int, at_epoch: int, prunable: bool
+) -> None:
+    cfg = PrunerConfig(warmup_epochs=warmup, optuna="successive_halving", collapse=False)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+    _finished(study, 5, 0.8, epochs=at_epoch)
+    poor = _trial_with(study, [epoch()] * at_epoch, 0.1)
+    # The first rung is the first prunable epoch; before it nothing is compared.
+    assert poor.should_prune() is (prunable and at_epoch == warmup + 1)
+
+
+def test_hyperband_is_a_hyperband_pruner_for_tpe() -> None:
+    pruner = make_pruner(PrunerConfig(optuna="hyperband", warmup_epochs=1))
+    # TPESampler samples per bracket only when study.pruner is a HyperbandPruner.
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    study = optuna.create_study(
+        direction="maximize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0)
+    )
+    collapsed = _trial_with(study, [epoch(top=1.0), epoch(top=1.0)], 0.5)
+    assert collapsed.should_prune()  # collapse first, before Hyperband has any rung data
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(1, 10):
+            trial.set_user_attr(EPOCHS_ATTR, [epoch()] * step)
+            trial.report(x * step / 9, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned
+        return x
+
+    study.optimize(objective, n_trials=30)
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.PRUNED in states
+    assert optuna.trial.TrialState.COMPLETE in states
+
+
+def test_patient_median_waits_for_a_stalled_trial() -> None:
+    cfg = PrunerConfig(warmup_epochs=0, optuna="median", optuna_patience=2, collapse=False)
+    pruner = make_pruner(cfg)
+    assert isinstance(pruner, CollapsePruner)
+    assert isinstance(pruner.inner, optuna.pruners.PatientPruner)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    _finished(study, 5, 0.8)
+    improving = study.ask()
+    improving.set_user_attr(EPOCHS_ATTR, [])
+    for step, value in enumerate([0.1, 0.2, 0.3, 0.4], start=1):
+        improving.report(value, step)
+        assert not improving.should_prune()  # below the median, but still improving
+    falling = study.ask()
+    falling.set_user_attr(EPOCHS_ATTR, [])
+    decisions = []
+    for step, value in enumerate([0.3, 0.2, 0.1, 0.1], start=1):
+        falling.report(value, step)
+        decisions.append(falling.should_prune())
+    # Pruned once its last patience + 1 epochs all stayed below its earlier best.
+    assert decisions == [False, False, False, True]
+
+
+def test_none_has_no_inner_pruner() -> None:
+    pruner = make_pruner(PrunerConfig(optuna="none"))
+    assert isinstance(pruner, CollapsePruner) and pruner.inner is None
 
 
 @pytest.mark.parametrize(
@@ -80,6 +182,8 @@ def test_hyperband_is_built() -> None:
         ({"patience": 0}, "patience"),
         ({"max_top_class_share": 1.5}, "max_top_class_share"),
         ({"loss_tolerance": -0.1}, "loss_tolerance"),
+        ({"optuna_patience": -1}, "optuna_patience"),
+        ({"reduction_factor": 1}, "reduction_factor"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict[str, float], key: str) -> None:

@@ -75,7 +75,7 @@ def test_cnn_defaults_reproduce_the_seed_recipe() -> None:
 def test_unknown_study_lists_available() -> None:
     with pytest.raises(
         UserError,
-        match=r"unknown study 'nope'.*available: cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0",
+        match=r"unknown study 'nope'.*available: cars-scratch, cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0",
     ):
         load_spec("nope")
 
@@ -123,6 +123,16 @@ def test_unknown_study_lists_available() -> None:
         (
             MINIMAL + "\n[space.data.cache_size]\nchoices = [128, 256]\ndefault = 256\n",
             r"space\.data\.cache_size: cannot be searched",
+        ),
+        (
+            MINIMAL
+            + '\n[space.train.monitor]\nchoices = ["val_loss", "val_macro_f1"]\n'
+            + 'default = "val_macro_f1"\n',
+            r"space\.train\.monitor: cannot be searched \(it is the study's objective",
+        ),
+        (
+            "[model]\nname = 'resnet'\nchannels = [32, 64, 128]\n",
+            r"model\.channels needs one width per stage \(4\)",
         ),
         ("[model\nname=", r"not valid TOML"),
     ],

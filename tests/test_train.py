@@ -13,8 +13,16 @@ from typer.testing import CliRunner
 from carbrand_search.augment import Augment
 from carbrand_search.cli import app
 from carbrand_search.job import augment_for, build_model, load_training_data, train_config
+from carbrand_search.loader import DeviceSplit
 from carbrand_search.spec import DataConfig, RunConfig, apply_overrides, load_spec
-from carbrand_search.train import EpochMetrics, fit, val_metrics
+from carbrand_search.train import (
+    EpochMetrics,
+    balanced_weights,
+    fit,
+    make_mixup,
+    make_optimizer,
+    val_metrics,
+)
 
 runner = CliRunner()
 SMALL = [
@@ -205,3 +213,74 @@ def test_random_crop_copies_pixels_exactly() -> None:
     for i in range(4):
         windows = [source[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
         assert any(torch.equal(out[i], w) for w in windows)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop"])
+def test_no_weight_decay_on_one_dimensional_parameters(optimizer: str) -> None:
+    config = small_config(f"train.optimizer={optimizer!r}", "train.weight_decay=0.05")
+    model = build_model(config, 5)
+    decay = {id(p): g["weight_decay"] for g in make_optimizer(model, config.train).param_groups
+             for p in g["params"]}  # fmt: skip
+    assert len(decay) == len(list(model.parameters()))
+    for name, p in model.named_parameters():
+        # BatchNorm scales and shifts and every bias are 1-D: never decayed.
+        assert decay[id(p)] == (0.0 if p.ndim <= 1 else 0.05), name
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=2", "train.freeze_epochs=1")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    model = build_model(config, len(data.tree.classes))
+    stats: list[torch.Tensor] = []
+
+    class Stats:
+        def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+            if epoch == 1:
+                stats.append(model.features[0].norm.running_mean.clone())
+
+        def batch_end(self, loss: torch.Tensor) -> None: ...
+
+        def epoch_end(self, metrics: EpochMetrics) -> None:
+            stats.append(model.features[0].norm.running_mean.clone())
+
+    fit(model, data.train, data.val, augment_for(config), config.train, 6, Stats())
+    before, after_frozen, after_unfrozen = stats
+    assert torch.equal(before, after_frozen)  # eval mode while frozen
+    assert not torch.equal(after_frozen, after_unfrozen)  # train mode again after
+
+
+def test_mixup_and_cutmix_give_soft_targets_of_the_batch_shape() -> None:
+    images = torch.rand(6, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    for alphas in (("0.4", "0"), ("0", "1.0"), ("0.4", "1.0")):
+        cfg = small_config(f"train.mixup_alpha={alphas[0]}", f"train.cutmix_alpha={alphas[1]}")
+        mixup = make_mixup(cfg.train, 5)
+        assert mixup is not None
+        x, targets = mixup(images.clone(), labels)
+        assert x.shape == images.shape and targets.shape == (6, 5)
+        assert torch.allclose(targets.sum(1), torch.ones(6))
+        # Each sample keeps weight on its own label and gives the rest to its partner's.
+        own = targets[torch.arange(6), labels]
+        assert (own >= 0.5 - 1e-6).all() or (own <= 0.5 + 1e-6).all()
+        assert not torch.equal(targets, torch.nn.functional.one_hot(labels, 5).float())
+    assert make_mixup(small_config().train, 5) is None
+
+
+def test_mixup_trains_on_an_odd_sized_split(demo_root: Path, tmp_path: Path) -> None:
+    config = small_config("train.epochs=1", "train.mixup_alpha=0.2", "train.batch_size=13")
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    assert len(data.train) % 13 % 2 == 1  # the last batch is odd: Mixup needs pairs
+    _, result = train_config(config, data)
+    assert math.isfinite(result.history[0].train_loss)
+
+
+def test_balanced_sampling_draws_every_class_equally() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    split = DeviceSplit(torch.zeros(100, 4, 4, 3, dtype=torch.uint8), labels, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    weights = balanced_weights(labels, 2)
+    drawn = torch.cat([y for _ in range(20) for _, y in split.batches(25, generator, weights)])
+    assert len(drawn) == 20 * 100  # an epoch is still one pass worth of samples
+    assert 0.4 < drawn.float().mean().item() < 0.6  # class 1 is 10% of the split, ~50% drawn
+    plain = torch.cat([y for _, y in split.batches(25, generator)])
+    assert plain.float().mean().item() == pytest.approx(0.1)

@@ -10,6 +10,7 @@ from torch import nn
 
 from carbrand_search.errors import UserError
 from carbrand_search.fields import build
+from carbrand_search.models.resnet import ResNetParams, build_resnet, last_stage
 from carbrand_search.models.small_cnn import SmallCNN, SmallCNNParams
 from carbrand_search.models.timm_backbone import TimmParams, build_timm
 
@@ -48,6 +49,7 @@ def _convnext_cam(model: Any) -> nn.Module:
 
 REGISTRY: dict[str, ModelEntry] = {
     "small_cnn": ModelEntry(SmallCNN, SmallCNNParams, _small_cnn_cam, IMAGENET_MEAN, IMAGENET_STD),
+    "resnet": ModelEntry(build_resnet, ResNetParams, last_stage, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_b0": _timm_entry("efficientnet_b0", _efficientnet_cam),
     "efficientnet_b2": _timm_entry("efficientnet_b2", _efficientnet_cam),
     "efficientnet_b3": _timm_entry("efficientnet_b3", _efficientnet_cam),

@@ -1,0 +1,91 @@
+"""Warm start: a new study's first trial is its defaults; `run --from` enqueues another
+study's best parameter sets that this study's space can produce."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from carbrand_search import metric, space
+from carbrand_search.errors import UserError
+from carbrand_search.spec import StudySpec
+
+WARM_START_ATTR = "warm_start"
+
+
+def enqueue_defaults(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue the study file's defaults (the seed's recipe) as the study's first trial."""
+    study.enqueue_trial(
+        space.encode(spec, spec.defaults()),
+        user_attrs={WARM_START_ATTR: "defaults"},
+        skip_if_exists=True,
+    )
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What `run --from` queued, and what it left out and why."""
+
+    enqueued: tuple[int, ...]  # trial numbers in the other study
+    skipped: tuple[tuple[int, str], ...]  # (trial number, why it does not fit this space)
+
+
+def invalid_reason(spec: StudySpec, values: dict[str, Any]) -> str | None:
+    """Why `values` (plain, dotted keys) is not a point of `spec`'s space, or None."""
+    by_key = {p.key: p for p in spec.space}
+    for key, value in values.items():
+        if key not in by_key:
+            return f"{key} is not searched here"
+        if not space.fits(by_key[key], value):
+            return f"{key}={value!r} is outside this space"
+    try:
+        spec.resolve({**spec.defaults(), **values})
+    except (ValueError, UserError) as e:
+        return str(e)
+    return None
+
+
+def _params_held(study: optuna.Study) -> list[dict[str, Any]]:
+    """The parameters of every trial in `study`, queued ones included."""
+    return [
+        {**t.system_attrs.get("fixed_params", {}), **t.params}
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def best_trials(trials: Sequence[FrozenTrial], direction: metric.Direction) -> list[FrozenTrial]:
+    """Complete trials, best first."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(done, key=lambda t: float(t.value or 0.0), reverse=direction == "maximize")
+
+
+def enqueue_from(
+    study: optuna.Study,
+    spec: StudySpec,
+    source: optuna.Study,
+    source_spec: StudySpec,
+    top: int,
+) -> WarmStart:
+    """Queue the `top` best parameter sets of `source` that fit `spec`'s space, best first,
+    naming those passed over; parameters this space searches but `source` did not are left to
+    the sampler."""
+    enqueued: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    for trial in best_trials(source.get_trials(deepcopy=False), source_spec.direction):
+        if len(enqueued) == top:
+            break
+        values = space.decode(source_spec, trial.params)
+        reason = invalid_reason(spec, values)
+        params = space.encode(spec, values)
+        if reason is None and params in _params_held(study):
+            reason = "already in this study"
+        if reason is not None:
+            skipped.append((trial.number, reason))
+            continue
+        study.enqueue_trial(
+            params, user_attrs={WARM_START_ATTR: f"{source.study_name} trial {trial.number}"}
+        )
+        enqueued.append(trial.number)
+    return WarmStart(tuple(enqueued), tuple(skipped))
