@@ -76,6 +76,7 @@ def study_file(
     warmup: int = 1,
     model: str = "small_cnn",
     compile: bool = False,
+    optuna_pruner: str = "none",
 ) -> Path:
     """A small study on demo data (small_cnn or efficientnet_b0), lr searched log-uniformly."""
     path = folder / f"{name}.toml"
@@ -104,7 +105,7 @@ seed = 0
 collapse = {str(collapse).lower()}
 warmup_epochs = {warmup}
 patience = 2
-optuna = "none"
+optuna = "{optuna_pruner}"
 """
         + MODEL_BLOCKS[model].format(batch_norm=str(batch_norm).lower())
     )

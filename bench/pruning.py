@@ -1,11 +1,14 @@
-"""Epochs saved by collapse pruning on a study where about half the trials collapse.
+"""Epochs saved by collapse (+ Optuna's) pruning on a study where about half the trials collapse.
 
-    python bench/pruning.py [--trials 12] [--epochs 8] [--quick] [--out bench/results/pruning.json]
+    python bench/pruning.py [--trials 12] [--epochs 8] [--optuna hyperband] [--quick]
+                            [--out bench/results/pruning.json]
 
 The same random-sampled study (the seed's plain CNN without BatchNorm, AdamW, lr log-uniform
-over a range whose upper part collapses onto one class) runs twice on demo data, with the
-collapse pruner on and off; the sampled parameters are identical, so the difference in epochs
-run is what pruning saved. A warm-up builds the image cache first, so neither run pays for it.
+over a range whose upper part collapses onto one class) runs twice on demo data: with no
+pruning at all, and with the collapse rules plus `--optuna` (none, median, successive_halving
+or hyperband). The random sampler draws the same parameters in both, so the difference in
+epochs run is what pruning saved. A warm-up builds the image cache first, so neither run pays
+for it.
 """
 
 import argparse
@@ -22,6 +25,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, nargs=2, default=(1e-4, 0.1))
     parser.add_argument("--warmup", type=int, default=2, help="pruner warm-up epochs")
+    parser.add_argument(
+        "--optuna",
+        choices=["none", "median", "successive_halving", "hyperband"],
+        default="none",
+        help="Optuna pruner after the collapse rules in the pruned run",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings, for CI")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pruning.json"))
     args = parser.parse_args()
@@ -46,6 +55,7 @@ def main() -> None:
                 "adamw",
                 False,
                 args.warmup,
+                optuna_pruner=args.optuna if collapse else "none",
             )
             warm_cache(study, data, root / "cache")
             name = "with_pruning" if collapse else "without_pruning"
@@ -57,7 +67,10 @@ def main() -> None:
             f"{name:>16}: {row['epochs_run']} epochs, {row['pruned']} pruned, "
             f"{row['seconds']}s, best {row['best']}"
         )
-    print(f"epochs saved by collapse pruning: {saved:.1%} (wall time saved {time_saved:.1%})")
+    print(
+        f"epochs saved by collapse + {args.optuna} pruning: {saved:.1%} "
+        f"(wall time saved {time_saved:.1%})"
+    )
     pruned = set(rows["with_pruning"]["pruned_trials"])
     collapsed_anyway = set(rows["without_pruning"]["collapsed_at_end"])
     print(

@@ -1,9 +1,11 @@
 """The metrics a study can optimise, and the one rule for which way each is better."""
 
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeVar
 
 Metric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
 Direction = Literal["minimize", "maximize"]
+T = TypeVar("T")
 
 _LOWER_IS_BETTER = frozenset({"val_loss"})
 
@@ -21,3 +23,8 @@ def sign(metric: str) -> float:
 def is_better(metric: str, value: float, than: float) -> bool:
     """Whether `value` beats `than` on `metric`."""
     return sign(metric) * value > sign(metric) * than
+
+
+def best_first(items: Iterable[T], direction: str, value: Callable[[T], float]) -> list[T]:
+    """`items` sorted best first by `value` for a study of `direction` (stable on ties)."""
+    return sorted(items, key=value, reverse=direction == "maximize")

@@ -15,7 +15,7 @@ from rich.progress import (
 from rich.table import Table
 from torch import Tensor
 
-from carbrand_search.metric import is_better
+from carbrand_search.metric import best_first, is_better
 from carbrand_search.train import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
@@ -125,8 +125,7 @@ def study_line(name: str, trials: list[FrozenTrial], budget: int, direction: str
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = ""
     if done:
-        pick = min if direction == "minimize" else max
-        top = pick(done, key=lambda t: t.value or 0.0)
+        top = best_first(done, direction, lambda t: t.value or 0.0)[0]
         best = f", best {top.value:.4f} (trial {top.number})"
     return (
         f"{name}: {c['complete'] + c['pruned']}/{budget} finished ({c['complete']} complete, "

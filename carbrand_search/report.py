@@ -23,6 +23,7 @@ from carbrand_search.evaluate import Evaluation, TrialModel, evaluate_split, loa
 from carbrand_search.gradcam import overlays
 from carbrand_search.job import augment_for
 from carbrand_search.launcher import BUDGET_ATTR, stored_spec
+from carbrand_search.metric import best_first
 from carbrand_search.pruners import EPOCHS_ATTR
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
@@ -33,8 +34,7 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value is not None]
     if not done:
         raise UserError(f"study '{study.study_name}' has no complete trial to report on")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value or 0.0, reverse=maximize)
+    return best_first(done, study.direction.name.lower(), lambda t: t.value or 0.0)
 
 
 def collapse_tally(trials: list[FrozenTrial]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def _params_held(study: optuna.Study) -> list[dict[str, Any]]:
 def best_trials(trials: Sequence[FrozenTrial], direction: metric.Direction) -> list[FrozenTrial]:
     """Complete trials, best first."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(done, key=lambda t: float(t.value or 0.0), reverse=direction == "maximize")
+    return metric.best_first(done, direction, lambda t: t.value or 0.0)
 
 
 def enqueue_from(

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED
@@ -118,3 +119,19 @@ def test_hf_offline_without_file_says_how_to(
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match=r"HF_HUB_OFFLINE is set.*model.pretrained=false"):
         models.create("efficientnet_b0", 4)
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_gradcam_runs_on_every_models_declared_layer(name: str) -> None:
+    from carbrand_search.augment import Augment
+    from carbrand_search.gradcam import overlays
+    from carbrand_search.spec import DataConfig
+
+    entry = models.entry(name)
+    params = {"pretrained": False} if "pretrained" in field_types(entry.params) else {}
+    model = models.create(name, 3, **params)
+    augment = Augment(DataConfig(cache_size=64, image_size=64), entry.mean, entry.std)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    pictures = overlays(model, name, augment, images, [0, 2])
+    assert [p.shape for p in pictures] == [(64, 64, 3)] * 2
+    assert all(p.dtype == np.uint8 for p in pictures)
