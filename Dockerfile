@@ -9,5 +9,11 @@ COPY studies ./studies
 RUN pip install --no-cache-dir '.[kaggle,s3]'
 
 ENV CARBRAND_STUDIES=/app/studies
+# Not root: a process that escapes its job cannot own the container. The mounted volumes'
+# folders are made for this user, so a fresh volume starts writable for it.
+RUN useradd --create-home --uid 1000 carbrand \
+    && mkdir -p /artifacts /cache \
+    && chown carbrand:carbrand /artifacts /cache
+USER carbrand
 ENTRYPOINT []
 CMD ["carbrand-search", "--help"]

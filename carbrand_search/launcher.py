@@ -54,8 +54,18 @@ def make_sampler(cfg: SamplerConfig, offset: int) -> optuna.samplers.BaseSampler
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
-    """The study file as stored in the study when it was created."""
-    return spec_from_text(study.user_attrs[TEXT_ATTR], Path(f"{study.study_name}.toml"))
+    """The study file as stored in the study when it was created, checked against its stored
+    hash: whoever can write to the database must not change what workers train unnoticed."""
+    text, stored_hash = study.user_attrs.get(TEXT_ATTR), study.user_attrs.get(HASH_ATTR)
+    if not isinstance(text, str) or not isinstance(stored_hash, str):
+        raise UserError(f"study '{study.study_name}' has no stored study file; create it with run")
+    spec = spec_from_text(text, Path(f"{study.study_name}.toml"))
+    if spec.text_hash != stored_hash:
+        raise UserError(
+            f"study '{study.study_name}': its stored study file does not match its stored hash "
+            f"({spec.text_hash[:12]} vs {stored_hash[:12]}); refusing to run a changed study"
+        )
+    return spec
 
 
 def ensure_study(
@@ -68,7 +78,7 @@ def ensure_study(
         storage=storage,
         direction=spec.direction,
         sampler=make_sampler(spec.sampler, 0),
-        pruner=make_pruner(spec.pruner),
+        pruner=make_pruner(spec.pruner, spec.max_epochs),
         load_if_exists=True,
     )
     stored_hash = study.user_attrs.get(HASH_ATTR)
@@ -82,6 +92,8 @@ def ensure_study(
             f"(hash {stored_hash[:12]} vs {spec.text_hash[:12]} of {spec.path}); "
             "restore that file or give the study a new name"
         )
+    else:
+        stored_spec(study)  # the text workers will read must still match that hash
     if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
         study.set_user_attr(BUDGET_ATTR, n_trials or spec.n_trials)
     return study
@@ -110,7 +122,7 @@ def worker_main(plan: WorkerPlan) -> None:
     study = optuna.load_study(study_name=plan.study, storage=storage)
     spec = stored_spec(study)
     study.sampler = make_sampler(spec.sampler, plan.index + 1)
-    study.pruner = make_pruner(spec.pruner)
+    study.pruner = make_pruner(spec.pruner, spec.max_epochs)
     budget = int(study.user_attrs[BUDGET_ATTR])
     data = load_training_data(
         Path(plan.data),

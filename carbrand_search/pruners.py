@@ -73,9 +73,13 @@ class CollapseHyperbandPruner(HyperbandPruner):
     """Optuna's Hyperband after the collapse rules. A subclass, not a wrapper: TPESampler
     samples per Hyperband bracket only when `study.pruner` is a HyperbandPruner."""
 
-    def __init__(self, cfg: PrunerConfig):
+    def __init__(self, cfg: PrunerConfig, max_epochs: int | None = None):
         super().__init__(
-            min_resource=cfg.first_prunable_epoch, reduction_factor=cfg.reduction_factor
+            min_resource=cfg.first_prunable_epoch,
+            # Known up front: Optuna's "auto" waits for a first complete trial, and on real
+            # data the first trials may all be pruned by the collapse rules.
+            max_resource=max_epochs or "auto",
+            reduction_factor=cfg.reduction_factor,
         )
         self.cfg = cfg
 
@@ -83,11 +87,12 @@ class CollapseHyperbandPruner(HyperbandPruner):
         return _collapsed(self.cfg, trial) or bool(super().prune(study, trial))
 
 
-def make_pruner(cfg: PrunerConfig) -> BasePruner:
+def make_pruner(cfg: PrunerConfig, max_epochs: int | None = None) -> BasePruner:
     """The study file's pruner settings → a pruner for `optuna.create_study`. Epochs are
-    reported from 1, so Optuna's warm-up and first rung are the first prunable epoch."""
+    reported from 1, so Optuna's warm-up and first rung are the first prunable epoch;
+    `max_epochs` (the most a trial can train) is Hyperband's maximum resource."""
     if cfg.optuna == "hyperband":
-        return CollapseHyperbandPruner(cfg)
+        return CollapseHyperbandPruner(cfg, max_epochs)
     inner: BasePruner | None = None
     if cfg.optuna == "median":
         inner = optuna.pruners.MedianPruner(

@@ -186,6 +186,14 @@ class StudySpec:
     def direction(self) -> metric.Direction:
         return metric.direction(self.base.train.monitor)
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial of this study can train."""
+        for param in self.space:
+            if param.key == "train.epochs":
+                return int(max(param.choices) if param.choices else param.high or 0)
+        return self.base.train.epochs
+
     def defaults(self) -> dict[str, Any]:
         """Each searched parameter at its declared default."""
         return {p.key: p.default for p in self.space}

@@ -23,11 +23,46 @@ DEFAULT_ARTIFACTS = "artifacts"
 HEARTBEAT_S = 15
 GRACE_FACTOR = 4  # a trial silent for this many heartbeats is failed and retried
 MAX_RETRY = 3
+POOL_RECYCLE_S = 1800
+# libpq settings: give up connecting after 10 s; TCP keepalives find a dead peer within about a
+# minute; tcp_user_timeout (ms) bounds how long unacknowledged data may wait, so a half-open
+# connection cannot block a worker for the kernel's default of many minutes.
+PG_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+EXAMPLE_PASSWORDS = frozenset({"change-me"})  # shipped in an old .env.example
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
 
 
 def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and reports."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with its password (in the user part or the query) replaced by ***."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        # Not a URL SQLAlchemy reads: hide anything between "://…:" and "@" all the same.
+        return re.sub(r"(://[^/@]*:)[^@/]*@", r"\1***@", url)
+    secret = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
+    rendered = parsed.update_query_dict(secret).render_as_string(hide_password=True)
+    return rendered.replace("%2A%2A%2A", "***")
+
+
+def _refuse_example_password(url: str) -> None:
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        return  # RDBStorage names what is wrong with the URL
+    if password in EXAMPLE_PASSWORDS:
+        raise UserError(
+            f"storage {mask(url)}: the example password {password!r} is refused; "
+            "set a password of your own"
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -59,7 +94,14 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
-        engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        _refuse_example_password(url)
+        engine_kwargs.update(
+            pool_pre_ping=True,
+            # A connection idle behind a NAT or firewall for long can be dropped silently;
+            # recycling it first means no worker ever waits on a half-open one.
+            pool_recycle=POOL_RECYCLE_S,
+            connect_args=PG_CONNECT_ARGS,
+        )
     heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat_s is not None:
         heartbeat_kwargs = {

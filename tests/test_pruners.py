@@ -125,7 +125,7 @@ def test_successive_halving_rung_respects_warmup(
 
 
 def test_hyperband_is_a_hyperband_pruner_for_tpe() -> None:
-    pruner = make_pruner(PrunerConfig(optuna="hyperband", warmup_epochs=1))
+    pruner = make_pruner(PrunerConfig(optuna="hyperband", warmup_epochs=1), max_epochs=9)
     # TPESampler samples per bracket only when study.pruner is a HyperbandPruner.
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     study = optuna.create_study(
@@ -144,6 +144,8 @@ def test_hyperband_is_a_hyperband_pruner_for_tpe() -> None:
         return x
 
     study.optimize(objective, n_trials=30)
+    # Rungs at epochs 2 and 6 (first prunable epoch 2, reduction factor 3, at most 9 epochs).
+    assert {len(t.intermediate_values) for t in study.trials if t.state.name == "PRUNED"} <= {2, 6}
     states = {t.state for t in study.trials}
     assert optuna.trial.TrialState.PRUNED in states
     assert optuna.trial.TrialState.COMPLETE in states

@@ -1,0 +1,136 @@
+"""Who can write and what leaks: published addresses, ignored secrets, a non-root image,
+masked passwords, the example password refused, a tampered stored study refused."""
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import REPO, write_study
+from typer.testing import CliRunner
+
+from carbrand_search.cli import app
+from carbrand_search.errors import UserError
+from carbrand_search.launcher import TEXT_ATTR
+from carbrand_search.storage import PG_CONNECT_ARGS, mask, open_storage
+
+runner = CliRunner()
+compose_missing = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not installed (.ci/run installs it)",
+)
+
+
+def _compose_config(tmp_path: Path, env_text: str, *profiles: str) -> subprocess.CompletedProcess:
+    env_file = tmp_path / ".env"
+    env_file.write_text(env_text)
+    args = ["docker-compose", "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml")]
+    args += [a for p in profiles for a in ("--profile", p)]
+    return subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60)
+
+
+def _example_env(tmp_path: Path, password: str) -> str:
+    text = (REPO / ".env.example").read_text().replace("./data/car-brands", str(tmp_path))
+    return text.replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={password}\n")
+
+
+def _published(service: dict) -> list[tuple[str, str]]:
+    """(host address, host port) of each published port, in either syntax compose prints."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((port.get("host_ip", "0.0.0.0"), str(port["published"])))
+        else:
+            parts = str(port).split(":")
+            out.append((parts[0], parts[1]) if len(parts) == 3 else ("0.0.0.0", parts[0]))
+    return out
+
+
+@compose_missing
+def test_database_and_dashboard_are_published_on_loopback_only(tmp_path: Path) -> None:
+    result = _compose_config(tmp_path, _example_env(tmp_path, "s3cret-of-my-own"), "remote")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert _published(services["postgres"]) == [("127.0.0.1", "5432")]
+    assert _published(services["dashboard"]) == [("127.0.0.1", "8080")]
+    assert not _published(services["worker"])
+    # The only address open to other machines is the proxy, which asks for a login over HTTPS.
+    assert _published(services["proxy"]) == [("0.0.0.0", "8443")]
+    caddyfile = (REPO / "deploy" / "Caddyfile").read_text()
+    assert "basic_auth" in caddyfile and "tls internal" in caddyfile
+    assert "reverse_proxy dashboard:8080" in caddyfile
+    assert "DASHBOARD_PASSWORD_HASH" in " ".join(services["proxy"]["command"])
+
+
+@compose_missing
+def test_compose_refuses_the_example_env_without_a_password(tmp_path: Path) -> None:
+    result = _compose_config(tmp_path, _example_env(tmp_path, ""))
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+def test_secrets_stay_out_of_git_and_the_image_and_it_runs_as_a_user() -> None:
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+    assert ".env" in (REPO / ".dockerignore").read_text().split()
+    users = re.findall(r"^USER\s+(\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql+psycopg://u:secret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+        ("postgresql://:secret@host/db", "postgresql://:***@host/db"),
+        (
+            "postgresql://u@h/db?password=secret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+        ("sqlite:///carbrand-search.db", "sqlite:///carbrand-search.db"),
+        ("journal:///tmp/study.log", "journal:///tmp/study.log"),
+    ],
+)
+def test_passwords_are_masked(url: str, masked: str) -> None:
+    assert mask(url) == masked
+    assert "secret" not in mask(url)
+
+
+def test_example_password_is_refused_before_connecting() -> None:
+    with pytest.raises(UserError, match=r"example password 'change-me' is refused") as info:
+        open_storage("postgresql+psycopg://carbrand:change-me@127.0.0.1:9/carbrand")
+    assert str(info.value).startswith("storage postgresql+psycopg://carbrand:***@127.0.0.1:9/")
+
+
+def test_postgres_connections_use_keepalives_and_recycling() -> None:
+    storage = open_storage("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    engine = storage.engine  # type: ignore[attr-defined]
+    assert engine.pool._recycle == 1800
+    assert PG_CONNECT_ARGS["keepalives"] == 1 and PG_CONNECT_ARGS["tcp_user_timeout"] > 0
+    with engine.connect() as conn:  # libpq accepted every setting
+        settings = conn.connection.dbapi_connection.info.get_parameters()
+    assert settings["keepalives_idle"] == "30"
+    assert settings["tcp_user_timeout"] == "60000"
+    engine.dispose()
+
+
+def test_worker_and_run_refuse_a_stored_study_that_no_longer_matches_its_hash(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=1)
+    assert runner.invoke(app, ["create", str(study_file), "--storage", url]).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
+    tampered = study_file.read_text().replace("epochs = 2", "epochs = 2000")
+    study.set_user_attr(TEXT_ATTR, tampered)
+    common = ["--storage", url, "--data", str(demo_root), "--artifacts", str(tmp_path / "a")]
+    worker = runner.invoke(app, ["worker", "tiny", *common])
+    assert worker.exit_code == 2
+    assert "does not match its stored hash" in worker.output
+    run = runner.invoke(app, ["run", str(study_file), *common])
+    assert run.exit_code == 2 and "does not match its stored hash" in run.output
+    assert not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert hashlib.sha256(tampered.encode()).hexdigest() != study.user_attrs["study_hash"]
