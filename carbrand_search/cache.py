@@ -1,7 +1,9 @@
 """Decode-once cache: each split decoded and resized once into a uint8 array on disk.
 
 Keyed by the split's file list, mtimes, sizes, the target size and fit, so an edited dataset
-gets a new cache; verified by checksum on every load, so a damaged one is rebuilt, never used.
+gets a new cache; verified by checksum (pixels, labels, skipped files) on every load, so a
+damaged one is rebuilt, never used. A build streams each decoded image into a file allocated up
+front, so memory stays bounded by a decode chunk and a full disk is an error before any work.
 """
 
 import fcntl
@@ -17,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from carbrand_search.data import BadImage, Split, bad_files_error, decode_all, square_array
+from carbrand_search.data import BadImage, Split, bad_files_error, decode_each, square_array
 from carbrand_search.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: raw images.u8 (preallocated), labels inside the checksum
 
 
 def default_cache_root() -> Path:
@@ -46,32 +48,43 @@ def cache_key(split: Split, size: int, fit: str) -> str:
     """Hash of everything the cached pixels depend on."""
     entries = []
     for path, label in zip(split.files, split.labels, strict=True):
-        st = path.stat()
-        entries.append([str(path.relative_to(split.root)), st.st_mtime_ns, st.st_size, label])
+        try:
+            st = path.stat()
+            stamp: list[int | None] = [st.st_mtime_ns, st.st_size]
+        except OSError:  # a dangling link: decoding reports it as a bad file
+            stamp = [None, None]
+        entries.append([str(path.relative_to(split.root)), *stamp, label])
     blob = json.dumps([CACHE_VERSION, size, fit, entries]).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
-def _checksum(path: Path) -> str:
+IMAGES, LABELS, META = "images.u8", "labels.npy", "meta.json"
+
+
+def _checksum(folder: Path, skipped: list[str]) -> str:
+    """One digest over the pixels, the labels and the list of skipped files."""
     digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
+    for name in (IMAGES, LABELS):
+        with (folder / name).open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    digest.update(json.dumps(skipped).encode())
     return digest.hexdigest()
 
 
 def _open_verified(folder: Path, key: str) -> CachedSplit | None:
     """The cached split if complete and intact, else None."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("key") != key or meta.get("checksum") != _checksum(folder / "images.npy"):
+        meta = json.loads((folder / META).read_text())
+        if meta.get("key") != key or meta.get("checksum") != _checksum(folder, meta["skipped"]):
             return None
+        size, count = int(meta["size"]), int(meta["count"])
         # Copy-on-write: torch wants writable arrays; the file itself is never modified.
-        images = np.load(folder / "images.npy", mmap_mode="c")
-        labels = np.load(folder / "labels.npy")
-    except (OSError, ValueError, json.JSONDecodeError):
+        images = np.memmap(folder / IMAGES, np.uint8, "c", shape=(count, size, size, 3))
+        labels = np.load(folder / LABELS)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    if images.shape[0] != labels.shape[0] or images.shape[0] != meta.get("count"):
+    if labels.shape != (count,) or (folder / IMAGES).stat().st_size != images.nbytes:
         return None
     return CachedSplit(images, labels, tuple(meta["skipped"]), folder, reused=True)
 
@@ -79,7 +92,12 @@ def _open_verified(folder: Path, key: str) -> CachedSplit | None:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     # Parallel workers starting at once: one builds, the others wait and then reuse.
-    with path.open("w") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("w")
+    except OSError as e:
+        raise UserError(f"cache folder {path.parent} is not writable ({e.strerror or e})") from e
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -97,12 +115,18 @@ def load_or_build(
 ) -> CachedSplit:
     """The split's cached arrays; built if missing, rebuilt if stale or damaged."""
     key = cache_key(split, size, fit)
-    cache_root.mkdir(parents=True, exist_ok=True)
     folder = cache_root / f"{split.name}-{size}-{fit}-{key[:24]}"
+    # A finished cache is only ever replaced whole (rename), so reading it needs no lock: a
+    # read-only cache folder serves its verified caches.
+    cached = _open_verified(folder, key)
+    if cached is not None:
+        return cached
     with _locked(cache_root / f"{folder.name}.lock"):
-        cached = _open_verified(folder, key)
+        cached = _open_verified(folder, key)  # another worker may have built it meanwhile
         if cached is not None:
             return cached
+        for stale in cache_root.glob(f"{folder.name}.tmp-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
         _build(split, size, fit, folder, key, skip_bad, on_progress)
     built = _open_verified(folder, key)
     if built is None:
@@ -124,33 +148,52 @@ def _build(
     tmp.mkdir()
     try:
         total = len(split.files)
-        arrays = decode_all(
+        row_bytes = size * size * 3
+        _allocate(tmp / IMAGES, total * row_bytes)
+        images = np.memmap(tmp / IMAGES, np.uint8, "r+", shape=(total, size, size, 3))
+        bad: list[BadImage] = []
+        labels: list[int] = []
+        decoded = decode_each(
             split.files,
             lambda img: square_array(img, size, fit),
             on_progress and (lambda n: on_progress(n, total)),
         )
-        bad = [a for a in arrays if isinstance(a, BadImage)]
+        for result, label in zip(decoded, split.labels, strict=True):
+            if isinstance(result, BadImage):
+                bad.append(result)
+                continue
+            images[len(labels)] = result  # good images packed in order: row = kept so far
+            labels.append(label)
         if bad and not skip_bad:
             raise bad_files_error(bad)
-        keep = [i for i, a in enumerate(arrays) if not isinstance(a, BadImage)]
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3)
-        )
-        for row, i in enumerate(keep):
-            images[row] = arrays[i]
         images.flush()
         del images
-        np.save(tmp / "labels.npy", np.asarray([split.labels[i] for i in keep], dtype=np.int64))
+        os.truncate(tmp / IMAGES, len(labels) * row_bytes)  # the rows bad files did not use
+        np.save(tmp / LABELS, np.asarray(labels, dtype=np.int64))
+        skipped = [str(b.path) for b in bad]
         meta: dict[str, Any] = {
             "key": key,
-            "count": len(keep),
+            "count": len(labels),
             "size": size,
             "fit": fit,
-            "skipped": [str(b.path) for b in bad],
-            "checksum": _checksum(tmp / "images.npy"),
+            "skipped": skipped,
+            "checksum": _checksum(tmp, skipped),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / META).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _allocate(path: Path, nbytes: int) -> None:
+    """Reserve the file's blocks now: a sparse file on a full disk ends in SIGBUS when a page is
+    first written through the memory map; an allocation fails here, with a reason."""
+    with path.open("wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(nbytes, 1))
+        except OSError as e:
+            raise UserError(
+                f"cache {path.parent}: cannot reserve {nbytes / 2**20:.0f} MB for the decoded "
+                f"images ({e.strerror or e}); free some space or point --cache-dir elsewhere"
+            ) from e

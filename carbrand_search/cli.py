@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from carbrand_search.errors import UserError
+from carbrand_search.terminal import PlainConsole, tagged
 
 if TYPE_CHECKING:
     import optuna
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+console = PlainConsole(soft_wrap=True)
+err_console = PlainConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +35,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(tagged("error:", "red", str(e)), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -105,15 +105,18 @@ def check_and_print(folder: Path, skip_bad: bool) -> None:
     console.print(table)
     for s in summaries.values():
         for bad in s.bad:
-            console.print(f"[yellow]skipped:[/] {bad}", highlight=False)
+            console.print(tagged("skipped:", "yellow", str(bad)))
     for pair, count in cross_split_duplicates(tree).items():
         first, second = pair.split("/")
         console.print(
-            f"[yellow]warning:[/] {count} image(s) in {second}/ have the same bytes as images in "
-            f"{first}/ (leakage: evaluation sees training images)",
-            highlight=False,
+            tagged(
+                "warning:",
+                "yellow",
+                f"{count} image(s) in {second}/ have the same bytes as images in {first}/ "
+                "(leakage: evaluation sees training images)",
+            )
         )
-    console.print(f"[green]ok[/]: {folder} is a valid dataset")
+    console.print(tagged("ok:", "green", f"{folder} is a valid dataset"))
 
 
 @data_app.command("check")
@@ -144,7 +147,7 @@ def finish_ingest(report: Any, dst: Path) -> None:
             f"dropped class {make}: {count} images, below --min-per-class", highlight=False
         )
     for line in report.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+        console.print(tagged("skipped:", "yellow", line))
     check_and_print(dst, skip_bad=False)
 
 
@@ -334,8 +337,12 @@ def run(
     cores = os.cpu_count() or 1
     if devices[0][0] == "cpu" and workers > cores:
         err_console.print(
-            f"[yellow]warning:[/] {workers} workers on {cores} CPU cores compete for them "
-            "(measured: 4 workers on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)"
+            tagged(
+                "warning:",
+                "yellow",
+                f"{workers} workers on {cores} CPU cores compete for them (measured: 4 workers "
+                "on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)",
+            )
         )
     cache = cache_dir or default_cache_root()
     tree = scan(data)  # bad data stops here, before the storage is touched
@@ -408,7 +415,7 @@ def run(
             "`run` again to resume"
         )
     if crashed:
-        err_console.print(f"[yellow]warning:[/] worker exit codes {crashed}; the budget was met")
+        err_console.print(tagged("warning:", "yellow", f"worker exit codes {crashed}; budget met"))
 
 
 def _warm_start(
@@ -677,6 +684,6 @@ def predict_cmd(
             f"{p.path}: {ranked}" + (f"  (CAM {p.cam})" if p.cam else ""), highlight=False
         )
     for error in bad:
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err_console.print(tagged("error:", "red", str(error)), soft_wrap=True)
     if bad:
         raise typer.Exit(1)

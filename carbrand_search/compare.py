@@ -9,7 +9,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 
 from carbrand_search.evaluate import evaluate_split, load_trial_model
-from carbrand_search.report import ranked_trials
+from carbrand_search.report import md_escape, ranked_trials
 
 
 def compare_rows(
@@ -46,5 +46,5 @@ def write_compare(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_escape(str(r[h])) for h in head) + " |" for r in rows]
     (out / "compare.md").write_text("\n".join(lines) + "\n")

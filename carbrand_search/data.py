@@ -2,17 +2,20 @@
 
 import hashlib
 import os
+import stat
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from carbrand_search.errors import UserError
 
+T = TypeVar("T")
 SPLITS = ("train", "val", "test")
 FITS = ("crop", "pad", "stretch")
 
@@ -101,10 +104,33 @@ def scan(root: Path, splits: tuple[str, ...] = SPLITS) -> ImageTree:
     )
 
 
+MAX_FILE_BYTES = 64 << 20  # no photo of a car needs more
+MAX_PIXELS = 40_000_000  # decoded RGB 120 MB; a tiny PNG can claim 180 megapixels
+
+
+def check_file(path: Path) -> int:
+    """The byte size of `path` if it is a regular file of sane size, else BadImage: a FIFO
+    would block a reader forever, a link to /dev/zero would never end."""
+    try:
+        st = path.stat()
+    except OSError as e:  # dangling or looping symlink, vanished file
+        raise BadImage(path, e.strerror or type(e).__name__) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage(path, "not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise BadImage(path, f"{st.st_size >> 20} MB, more than {MAX_FILE_BYTES >> 20} MB")
+    return st.st_size
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode `path` fully to RGB, or raise BadImage."""
+    check_file(path)
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:  # read from the header, before decoding
+                raise BadImage(
+                    path, f"{img.width}×{img.height} is more than {MAX_PIXELS // 10**6} megapixels"
+                )
             img.load()
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
@@ -128,26 +154,31 @@ def square_array(img: Image.Image, size: int, fit: str) -> np.ndarray:
     return np.asarray(to_square(img, size, fit), dtype=np.uint8)
 
 
-def decode_all(
-    files: tuple[Path, ...],
-    work: Callable[[Image.Image], object],
-    on_done: Callable[[int], None] | None = None,
-) -> list[object | BadImage]:
-    """Decode every file in parallel threads, apply `work`; a BadImage stands in for bad files."""
+DECODE_CHUNK = 256  # images decoded ahead of their consumer: bounds the memory of a scan
 
-    def one(path: Path) -> object | BadImage:
+
+def decode_each(
+    files: tuple[Path, ...],
+    work: Callable[[Image.Image], T],
+    on_done: Callable[[int], None] | None = None,
+) -> Iterator[T | BadImage]:
+    """Decode every file in parallel threads and apply `work`, yielding results in file order;
+    a BadImage stands in for a bad file. At most DECODE_CHUNK results are held at a time."""
+
+    def one(path: Path) -> T | BadImage:
         try:
             return work(load_image(path))
         except BadImage as e:
             return e
 
-    results = []
+    done = 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for i, result in enumerate(pool.map(one, files)):
-            results.append(result)
-            if on_done:
-                on_done(i + 1)
-    return results
+        for start in range(0, len(files), DECODE_CHUNK):
+            for result in pool.map(one, files[start : start + DECODE_CHUNK]):
+                done += 1
+                if on_done:
+                    on_done(done)
+                yield result
 
 
 def bad_files_error(bad: list[BadImage], skip_hint: bool = True) -> UserError:
@@ -183,6 +214,10 @@ def cross_split_duplicates(tree: ImageTree) -> dict[str, int]:
     leaks: dict[str, int] = {}
     for split in tree.splits.values():
         for path in split.files:
+            try:
+                check_file(path)
+            except BadImage:
+                continue  # reported as a bad file by the checks that decode
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             earlier = first_split.setdefault(digest, split.name)
             if earlier != split.name:
@@ -196,7 +231,7 @@ def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:
     summaries: dict[str, SplitSummary] = {}
     for split in tree.splits.values():
         summary = SplitSummary()
-        sizes = decode_all(split.files, lambda img: img.size)
+        sizes = decode_each(split.files, lambda img: img.size)
         for size, label in zip(sizes, split.labels, strict=True):
             if isinstance(size, BadImage):
                 summary.bad.append(size)

@@ -10,6 +10,7 @@ import optuna
 import torch
 from optuna.artifacts import download_artifact
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -58,7 +59,11 @@ def load_trial_model(
                 artifact_store=artifacts, artifact_id=artifact_id, file_path=str(path)
             )
             model.load_state_dict(load_file(str(path)))
-        except (OSError, SafetensorError, RuntimeError, KeyError) as e:
+        # ValueError: an id that leaves the store (`../x`), refused by Optuna.
+        except (
+            OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
+            TypeError,
+        ) as e:  # fmt: skip
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise UserError(
                 f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "

@@ -1,6 +1,7 @@
 """Type-checked values for frozen config dataclasses: where raw TOML/CLI values get typed."""
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -31,8 +32,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
+        # inf/nan reach no sensible setting and overflow later (an infinite range, lr = inf).
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
         ok = isinstance(value, str)
     elif origin is Literal:
@@ -82,7 +86,12 @@ def replace(obj: Any, changes: Mapping[str, Any], section: str) -> Any:
 
 def parse_literal(text: str) -> Any:
     """Parse a `--set` value as TOML (`3e-3`, `true`, `[32, 64]`); bare words are strings."""
+    if any(c in text for c in "\r\n"):
+        # TOML would read the first line as the value and the rest as more keys, unseen.
+        raise ValueError(f"{text!r}: a value must be one line")
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ValueError("value nested too deeply") from None

@@ -161,12 +161,25 @@ def _annotations(
         return []  # the unlabelled test annotations
     return [
         Annotation(
-            image=folder / str(a["fname"]),
-            make=make_of(class_names[int(a["class"]) - 1]),
+            image=folder / _path_part(str(a["fname"]), mat, "file name"),
+            make=_path_part(make_of(class_names[int(a["class"]) - 1]), mat, "make"),
             box=(int(a["bbox_x1"]), int(a["bbox_y1"]), int(a["bbox_x2"]), int(a["bbox_y2"])),
         )
         for a in ann
     ]
+
+
+def _path_part(name: str, source: Path, what: str) -> str:
+    """`name` if it is one plain path component; names from a .mat file become folder and file
+    names under the destination, and must not lead out of it (`../x`, `/etc/x`)."""
+    if (
+        name in ("", ".", "..")
+        or Path(name).name != name
+        or any(c in name for c in "/\\\0")
+        or Path(name).is_absolute()
+    ):
+        raise UserError(f"{source}: {what} {name!r} is not a plain name; refusing to write it")
+    return name
 
 
 def import_stanford_cars(

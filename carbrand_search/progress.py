@@ -13,6 +13,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 
 from carbrand_search.metric import best_first, is_better
@@ -53,13 +54,14 @@ class CacheProgress:
         self.progress.update(self.tasks[split], completed=done)
 
 
-def format_epoch(m: EpochMetrics, epochs: int, best: bool) -> str:
-    return (
+def format_epoch(m: EpochMetrics, epochs: int, best: bool) -> Text:
+    line = (
         f"epoch {m.epoch:>2}/{epochs}  train loss {m.train_loss:.3f}  val loss {m.val_loss:.3f}  "
         f"acc {m.val_accuracy:.3f}  macro-F1 {m.val_macro_f1:.3f}  "
         f"top-class {m.top_class_share:.2f}  loss/ln(C) {m.loss_ratio:.2f}  "
-        f"lr {m.lr:.2e}  {m.seconds:.1f}s" + ("  [green]best[/]" if best else "")
+        f"lr {m.lr:.2e}  {m.seconds:.1f}s"
     )
+    return Text.assemble(line, ("  best", "green") if best else "")
 
 
 class RichTrainListener:

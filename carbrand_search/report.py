@@ -5,6 +5,7 @@ import csv
 import html
 import json
 import math
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +26,7 @@ from carbrand_search.job import augment_for
 from carbrand_search.launcher import BUDGET_ATTR, stored_spec
 from carbrand_search.metric import best_first
 from carbrand_search.pruners import EPOCHS_ATTR
+from carbrand_search.terminal import clean
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
 
@@ -268,28 +270,41 @@ def _per_class_rows(t: dict[str, Any]) -> list[list[str]]:
 PER_CLASS_HEAD = ["brand", "precision", "recall", "F1", "support"]
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md_escape(text: str) -> str:
+    """`text` shown literally in Markdown: brand names like `Mini [cooper](x)` or `<b>` are data,
+    never links or tags; control characters are dropped."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean(text), quote=False))
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """report.md, with the images beside it."""
-    out = [f"# Study {report['study']}", "", *_summary_lines(report), ""]
-    out += [f"![{name}]({path})" for name, path in report["images"].items()]
+    esc = md_escape
+    out = [f"# Study {esc(report['study'])}", "", *map(esc, _summary_lines(report)), ""]
+    out += [f"![{esc(name)}]({path})" for name, path in report["images"].items()]
     for t in report["trials"]:
-        out += ["", f"## Trial {t['number']}", "", *_trial_lines(t), ""]
+        out += ["", f"## Trial {t['number']}", "", *map(esc, _trial_lines(t)), ""]
         out += ["| " + " | ".join(PER_CLASS_HEAD) + " |", "|" + "---|" * len(PER_CLASS_HEAD)]
-        out += ["| " + " | ".join(row) + " |" for row in _per_class_rows(t)]
-        out += ["", *(f"![{name}]({path})" for name, path in t["images"].items())]
+        out += ["| " + " | ".join(map(esc, row)) + " |" for row in _per_class_rows(t)]
+        out += ["", *(f"![{esc(name)}]({path})" for name, path in t["images"].items())]
     return "\n".join(out) + "\n"
 
 
 def _img(folder: Path, rel: str, alt: str) -> str:
     data = base64.b64encode((folder / rel).read_bytes()).decode()
-    alt = html.escape(alt)
+    alt = html.escape(clean(alt))
     image = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
     return f"<figure>{image}<figcaption>{alt}</figcaption></figure>"
 
 
 def to_html(report: dict[str, Any], folder: Path) -> str:
     """A self-contained report.html: every image embedded, opens offline."""
-    esc = html.escape
+
+    def esc(text: str) -> str:
+        return html.escape(clean(text))
+
     body = [f"<h1>Study {esc(report['study'])}</h1>"]
     body += [f"<p>{esc(line)}</p>" for line in _summary_lines(report)]
     body += [_img(folder, path, name) for name, path in report["images"].items()]

@@ -14,6 +14,9 @@ from carbrand_search.errors import UserError
 from carbrand_search.fields import build, coerce, field_types, parse_literal, replace
 from carbrand_search.metric import Metric
 
+MAX_CACHE_SIZE = 1024  # px; a split of 10,000 images at 1024 px is already 31 GB of cache
+SEED_LIMIT = 2**32  # NumPy's and torch's seeds
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -28,6 +31,10 @@ class DataConfig:
     color_jitter: float = 0.1  # brightness/contrast/saturation strength
 
     def __post_init__(self) -> None:
+        if not 8 <= self.cache_size <= MAX_CACHE_SIZE:
+            raise ValueError(
+                f"data.cache_size must be in [8, {MAX_CACHE_SIZE}], got {self.cache_size}"
+            )
         if not 8 <= self.image_size <= self.cache_size:
             raise ValueError(
                 f"data.image_size must be in [8, data.cache_size={self.cache_size}], "
@@ -69,18 +76,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
+            "epochs": 1 <= self.epochs <= 10_000,
+            "batch_size": 1 <= self.batch_size <= 8192,
+            "lr": 0 < self.lr <= 10,
+            "weight_decay": 0 <= self.weight_decay <= 10,
             "momentum": 0 <= self.momentum < 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "mixup_alpha": 0 <= self.mixup_alpha <= 10,
             "cutmix_alpha": 0 <= self.cutmix_alpha <= 10,
-            "plateau_patience": self.plateau_patience >= 0,
+            "plateau_patience": 0 <= self.plateau_patience <= 10_000,
             "plateau_factor": 0 < self.plateau_factor < 1,
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "freeze_epochs": 0 <= self.freeze_epochs < self.epochs,
+            "seed": 0 <= self.seed < SEED_LIMIT,
         }
         for name, ok in checks.items():
             if not ok:
@@ -127,6 +135,11 @@ class SamplerConfig:
     name: Literal["tpe", "random", "gp"] = "tpe"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Each worker seeds its sampler with seed + its index; NumPy takes seeds below 2**32.
+        if not 0 <= self.seed < SEED_LIMIT - 10_000:
+            raise ValueError(f"sampler.seed must be in [0, 2**32 - 10000), got {self.seed}")
+
 
 @dataclass(frozen=True)
 class PrunerConfig:
@@ -153,6 +166,8 @@ class PrunerConfig:
             )
         if not 0 <= self.loss_tolerance < 1:
             raise ValueError(f"pruner.loss_tolerance must be in [0, 1), got {self.loss_tolerance}")
+        if not 0 <= self.warmup_epochs <= 10_000 or self.patience > 10_000:
+            raise ValueError("pruner.warmup_epochs and pruner.patience must be at most 10000")
         if self.optuna_patience < 0:
             raise ValueError(f"pruner.optuna_patience must be >= 0, got {self.optuna_patience}")
         if self.reduction_factor < 2:
@@ -203,6 +218,7 @@ class StudySpec:
         return with_values(self.base, params)
 
 
+MAX_TRIALS = 1_000_000
 TOP_LEVEL = {"study", "data", "model", "train", "space", "sampler", "pruner"}
 SECTIONS = ("data", "model", "train")
 
@@ -245,6 +261,8 @@ def spec_from_text(text: str, path: Path) -> StudySpec:
         return _parse(path, text, tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from e
+    except RecursionError:
+        raise UserError(f"{path}: values nested too deeply") from None
     except (ValueError, UserError) as e:
         raise UserError(f"{path}: {e}") from e
 
@@ -260,8 +278,8 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         raise ValueError(
             f"unknown key study.{sorted(study)[0]} (known keys: description, n_trials)"
         )
-    if n_trials < 1:
-        raise ValueError(f"study.n_trials must be >= 1, got {n_trials}")
+    if not 1 <= n_trials <= MAX_TRIALS:
+        raise ValueError(f"study.n_trials must be in [1, {MAX_TRIALS}], got {n_trials}")
     model_table = dict(raw.get("model", {}))
     if "name" not in model_table:
         raise ValueError(f"model.name is required (one of {', '.join(sorted(models.REGISTRY))})")
@@ -286,6 +304,16 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         pruner=build(PrunerConfig, raw.get("pruner", {}), "pruner"),
     )
     spec.resolve(spec.defaults())  # the defaults together must make a valid config
+    for param in space:  # and so must every range end and choice, or trials would fail later
+        ends = [("choices", c) for c in param.choices] or [
+            ("low", param.low),
+            ("high", param.high),
+        ]
+        for name, value in ends:
+            try:
+                spec.resolve({**spec.defaults(), param.key: value})
+            except ValueError as e:
+                raise ValueError(f"space.{param.key}.{name} = {value!r}: {e}") from None
     return spec
 
 
@@ -328,7 +356,10 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
-        values[key.strip()] = parse_literal(text.strip())
+        try:
+            values[key.strip()] = parse_literal(text.strip())
+        except ValueError as e:
+            raise UserError(f"--set {key.strip()}: {e}") from e
     try:
         return with_values(config, values)
     except (ValueError, UserError) as e:

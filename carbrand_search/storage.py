@@ -1,15 +1,17 @@
 """Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry."""
 
+import contextlib
 import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy
-from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts import Backoff, Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
@@ -138,7 +140,14 @@ def artifact_store(root: str) -> ArtifactStore:
                 "artifacts on S3 need boto3: pip install 'carbrand-search[s3]'"
             ) from None
         # Endpoint and credentials: the usual AWS_* variables (AWS_ENDPOINT_URL for MinIO).
-        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+        # Optuna's Backoff retries a failed read or write (1 s doubling to 30 s, 5 tries), so
+        # one S3 hiccup does not fail a trial.
+        return Backoff(
+            Boto3ArtifactStore(bucket, client=boto3.client("s3")),
+            max_retries=5,
+            min_delay=1.0,
+            max_delay=30.0,
+        )
     path = Path(root)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -146,4 +155,16 @@ def artifact_store(root: str) -> ArtifactStore:
             pass
     except OSError as e:
         raise UserError(f"artifacts {root}: not a writable folder ({e.strerror or e})") from e
-    return FileSystemArtifactStore(str(path))
+    return WholeFileArtifactStore(str(path))
+
+
+class WholeFileArtifactStore(FileSystemArtifactStore):
+    """Optuna's file store, less the partial files a failed write (a full disk) leaves."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        try:
+            super().write(artifact_id, content_body)
+        except BaseException:
+            with contextlib.suppress(OSError, ValueError, ArtifactNotFound):
+                self.remove(artifact_id)
+            raise

@@ -123,6 +123,58 @@ def test_huge_values_are_range_errors(tmp_path: Path) -> None:
         apply_overrides(spec.resolve({}), ["train.epochs=-1"])
 
 
+CNN_HPO = (REPO / "studies" / "cnn-hpo.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("lr = 3e-3", "lr = inf", r"train\.lr: expected a finite number, got inf"),
+        ("lr = 3e-3", "lr = nan", r"train\.lr: expected a finite number, got nan"),
+        ("high = 1e-2", "high = inf", r"space\.train\.lr\.high: expected a finite number"),
+        ("seed = 0\n\n[space", "seed = 4294967296\n\n[space", r"train\.seed is out of range"),
+        ("seed = 0\n", "seed = -3\n", r"train\.seed is out of range"),
+        ("cache_size = 256", "cache_size = 30000", r"data\.cache_size must be in \[8, 1024\]"),
+        (
+            "choices = [16, 32, 64]",
+            "choices = [16, 32, 1000000000000]",
+            r"space\.train\.batch_size\.choices = 1000000000000: train\.batch_size is out of",
+        ),
+        (
+            "filters = [32, 64, 128]\nkernel",
+            "filters = [" + ", ".join(["8"] * 3000) + "]\nkernel",
+            r"model\.filters needs 1 to 8 blocks, got 3000",
+        ),
+        ("[study]", "[study]\nx = " + "[" * 50_000 + "]" * 50_000, r"values nested too deeply"),
+    ],
+)
+def test_values_no_machine_can_serve_are_refused_by_name(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    assert old in CNN_HPO
+    path = tmp_path / "s.toml"
+    path.write_text(CNN_HPO.replace(old, new, 1))
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(str(path))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=2\ntrain.lr=5", r"--set train\.epochs: .* a value must be one line"),
+        ("train.lr=inf", r"train\.lr: expected a finite number"),
+        ("model.filters=" + "[" * 50_000 + "]" * 50_000, r"--set model\.filters: value nested"),
+        ("train.batch_size=100000000000", r"train\.batch_size is out of range"),
+    ],
+)
+def test_overrides_no_machine_can_serve_are_refused(override: str, message: str) -> None:
+    spec = load_spec("cnn-hpo")
+    with pytest.raises(UserError, match=message) as info:
+        apply_overrides(spec.resolve({}), [override])
+    assert "\n" not in str(info.value).replace("\\n", "")
+
+
 def test_empty_space_is_allowed_and_empty_file_names_model(tmp_path: Path) -> None:
     (tmp_path / "a.toml").write_text('[model]\nname = "small_cnn"\n')
     assert load_spec(str(tmp_path / "a.toml")).space == ()

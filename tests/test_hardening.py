@@ -1,22 +1,30 @@
 """Who can write and what leaks: published addresses, ignored secrets, a non-root image,
 masked passwords, the example password refused, a tampered stored study refused."""
 
+import errno
 import hashlib
+import io
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import REPO, write_study
+from conftest import REPO, write_study, write_tree
+from PIL import Image
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
+from carbrand_search.data import BadImage, load_image
 from carbrand_search.errors import UserError
 from carbrand_search.launcher import TEXT_ATTR
-from carbrand_search.storage import PG_CONNECT_ARGS, mask, open_storage
+from carbrand_search.report import md_escape
+from carbrand_search.storage import PG_CONNECT_ARGS, artifact_store, mask, open_storage
 
 runner = CliRunner()
 compose_missing = pytest.mark.skipif(
@@ -134,3 +142,95 @@ def test_worker_and_run_refuse_a_stored_study_that_no_longer_matches_its_hash(
     assert run.exit_code == 2 and "does not match its stored hash" in run.output
     assert not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert hashlib.sha256(tampered.encode()).hexdigest() != study.user_attrs["study_hash"]
+
+
+def test_names_print_as_they_are_never_as_markup_or_control_codes(tmp_path: Path) -> None:
+    names = {
+        "Mini [cooper]": 2,
+        "[link=https:example.invalid]Evil": 2,
+        "[bold]Loud": 2,
+        "Bad\x1b[31mRed": 2,
+    }
+    root = write_tree(tmp_path / "d", names)
+    result = runner.invoke(app, ["data", "check", str(root)], color=True)
+    assert result.exit_code == 0, result.output
+    assert "Mini [cooper]" in result.output
+    assert "[link=https:example.invalid]Evil" in result.output and "[bold]Loud" in result.output
+    assert "\x1b]8;" not in result.output  # no terminal hyperlink
+    assert "Bad[31mRed" in result.output  # the escape character itself is dropped
+    assert "\x1b[31m" not in result.output
+
+
+def test_markdown_shows_names_literally() -> None:
+    text = md_escape("Mini [cooper](http://x) <b>bold</b> *x*\x07")
+    assert text == r"Mini \[cooper\]\(http://x\) &lt;b&gt;bold&lt;/b&gt; \*x\*"
+
+
+@pytest.fixture
+def hostile_tree(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A valid tree whose Audi/train folder also holds files no reader should trust."""
+    root = write_tree(tmp_path / "d", {"Audi": 2, "Ford": 2})
+    folder = root / "train" / "Audi"
+    os.mkfifo(folder / "jam.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    Image.new("1", (8000, 6000)).save(folder / "huge.png")  # 48 megapixels, a few KB on disk
+    return root, ["jam.jpg", "zero.jpg", "gone.jpg", "loop.jpg", "huge.png"]
+
+
+def test_fifos_devices_bad_links_and_pixel_bombs_are_named_bad_files(
+    hostile_tree: tuple[Path, list[str]],
+) -> None:
+    root, names = hostile_tree
+    signal.alarm(60)  # a regression would block forever on the FIFO or /dev/zero
+    try:
+        reasons = {}
+        for name in names:
+            with pytest.raises(BadImage) as info:
+                load_image(root / "train" / "Audi" / name)
+            reasons[name] = str(info.value)
+    finally:
+        signal.alarm(0)
+    assert (
+        "not a regular file" in reasons["jam.jpg"] and "not a regular file" in reasons["zero.jpg"]
+    )
+    assert "No such file" in reasons["gone.jpg"]
+    assert "Too many levels of symbolic links" in reasons["loop.jpg"]
+    assert "8000×6000 is more than 40 megapixels" in reasons["huge.png"]
+
+
+def test_data_check_skips_and_counts_hostile_files(hostile_tree: tuple[Path, list[str]]) -> None:
+    root, names = hostile_tree
+    check = [sys.executable, "-m", "carbrand_search", "data", "check", str(root)]
+    refused = subprocess.run(check, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "(and 4 more)" in refused.stderr
+    skipped = subprocess.run([*check, "--skip-bad"], capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0, skipped.stderr
+    for name in names:
+        assert f"Audi/{name}" in skipped.stdout.replace("\n", "")
+
+
+def test_a_failed_artifact_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    store = artifact_store(str(tmp_path / "artifacts"))
+
+    class DiskFull(io.RawIOBase):
+        """Gives 1 MB, then fails as a full disk does."""
+
+        def __init__(self) -> None:
+            self.given = 0
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            if self.given >= 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            buffer[: len(buffer)] = bytes(len(buffer))
+            self.given += len(buffer)
+            return len(buffer)
+
+        def readable(self) -> bool:
+            return True
+
+    with pytest.raises(OSError, match="No space left"):
+        store.write("checkpoint.safetensors", io.BufferedReader(DiskFull()))  # type: ignore[arg-type]
+    assert list((tmp_path / "artifacts").iterdir()) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 from typer.testing import CliRunner
 
 from carbrand_search import ingest
@@ -192,6 +192,39 @@ def test_stanford_min_per_class_and_missing_test_labels(tmp_path: Path) -> None:
     assert tree.classes == ("Aston Martin", "BMW")
     assert sum(len(tree.splits[s].files) for s in ("train", "val", "test")) == 36
     assert len(tree.splits["test"].files) > 0  # carved from train: no labelled test annotations
+
+
+@pytest.mark.parametrize(
+    ("bad_class", "bad_file", "named"),
+    [
+        ("../../escaped Model 2012", None, "make '../../escaped'"),
+        ("/etc Model 2012", None, "make '/etc'"),
+        (None, "../../escaped.jpg", "file name '../../escaped.jpg'"),
+        (None, "/tmp/abs.jpg", "file name '/tmp/abs.jpg'"),
+    ],
+)
+def test_stanford_names_that_leave_the_destination_are_refused(
+    tmp_path: Path, bad_class: str | None, bad_file: str | None, named: str
+) -> None:
+    src = fake_stanford(tmp_path / "stanford_cars")
+    if bad_class is not None:
+        classes = ["AM General Hummer SUV 2000", bad_class, "Aston Martin Virage Coupe 2012",
+                   "BMW X6 SUV 2012"]  # fmt: skip
+        savemat(
+            src / "devkit" / "cars_meta.mat",
+            {"class_names": np.array(classes, dtype=object).reshape(1, -1)},
+        )
+    if bad_file is not None:
+        mat = src / "devkit" / "cars_train_annos.mat"
+        ann = loadmat(mat)["annotations"]
+        ann[0, 0]["fname"] = np.array([bad_file])
+        savemat(mat, {"annotations": ann})
+    out = tmp_path / "deep" / "makes"
+    result = runner.invoke(app, ["data", "import-stanford-cars", str(src), str(out)])
+    assert result.exit_code == 2
+    assert named in result.output and "is not a plain name" in result.output
+    assert not any((tmp_path / "deep").rglob("*.jpg"))  # nothing written, inside or out
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped.jpg").exists()
 
 
 def test_stanford_without_devkit_is_a_clear_error(tmp_path: Path) -> None:

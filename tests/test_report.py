@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from carbrand_search import space
 from carbrand_search.cli import app
 from carbrand_search.data import load_image, scan, square_array
+from carbrand_search.errors import UserError
 from carbrand_search.evaluate import Evaluation, load_trial_model
 from carbrand_search.gradcam import overlays
 from carbrand_search.job import augment_for, build_model
@@ -227,6 +228,34 @@ def test_report_errors(done: Done, tmp_path: Path, demo_root: Path) -> None:
               "--artifacts", str(broken), "--data", str(done.data)],
     )  # fmt: skip
     assert corrupt.exit_code == 2 and "missing or corrupt" in corrupt.output
+    empty_store = tmp_path / "no-artifacts"
+    empty_store.mkdir()
+    for command in (
+        ["report", "tiny", "--out", str(tmp_path / "d"), "--data", str(done.data)],
+        [
+            "predict",
+            str(next(p for p in (done.data / "test").rglob("*") if p.is_file())),
+            "--study",
+            "tiny",
+        ],
+    ):
+        missing = runner.invoke(
+            app, [*command, "--storage", done.url, "--artifacts", str(empty_store)]
+        )
+        assert missing.exit_code == 2 and "missing or corrupt" in missing.output, missing.output
+        assert "Traceback" not in missing.output
+
+
+@pytest.mark.parametrize("bad_id", ["../../outside.safetensors", "/etc/passwd", 7])
+def test_checkpoint_ids_that_leave_the_store_are_one_line_errors(
+    done: Done, bad_id: object
+) -> None:
+    study = optuna.load_study(study_name="tiny", storage=open_storage(done.url))
+    trial = study.best_trial
+    trial.user_attrs = {**trial.user_attrs, "checkpoint": bad_id}
+    with pytest.raises(UserError, match=r"missing or corrupt") as info:
+        load_trial_model(study, trial, artifact_store(str(done.artifacts)))
+    assert "\n" not in str(info.value)
 
 
 def test_compare_has_a_row_per_study(done: Done, tmp_path: Path) -> None:

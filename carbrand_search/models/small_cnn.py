@@ -16,17 +16,21 @@ class SmallCNNParams:
     batch_norm: bool = False
 
     def __post_init__(self) -> None:
-        if not self.filters or min(self.filters) < 1:
-            raise ValueError(f"model.filters must be positive integers, got {list(self.filters)}")
+        if not 1 <= len(self.filters) <= 8:
+            raise ValueError(f"model.filters needs 1 to 8 blocks, got {len(self.filters)}")
+        if not all(1 <= f <= 4096 for f in self.filters):
+            raise ValueError(f"model.filters must be in [1, 4096], got {list(self.filters)}")
         if not 1 <= len(self.kernel_sizes) <= len(self.filters):
             raise ValueError(
                 f"model.kernel_sizes needs 1 to {len(self.filters)} entries (one per block, the "
                 f"last repeating), got {list(self.kernel_sizes)}"
             )
-        if min(self.kernel_sizes) < 1 or any(k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"model.kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
-        if self.dense_units < 1:
-            raise ValueError(f"model.dense_units must be >= 1, got {self.dense_units}")
+        if not all(1 <= k <= 31 and k % 2 for k in self.kernel_sizes):
+            raise ValueError(
+                f"model.kernel_sizes must be odd and in [1, 31], got {list(self.kernel_sizes)}"
+            )
+        if not 1 <= self.dense_units <= 65536:
+            raise ValueError(f"model.dense_units must be in [1, 65536], got {self.dense_units}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

@@ -1,0 +1,84 @@
+"""Artifacts on S3: a study's checkpoints go to an S3-compatible server (moto, started here on
+127.0.0.1) through Optuna's Boto3ArtifactStore wrapped in its Backoff, and `report` reads them
+back."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study
+from typer.testing import CliRunner
+
+from carbrand_search.cli import app
+from carbrand_search.storage import artifact_store, open_storage
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty bucket on a moto server of this test's own; yields its s3:// root."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket="carbrand-test")
+        yield "s3://carbrand-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_checkpoints_go_to_s3_and_report_reads_them_back(
+    s3: str, demo_root: Path, tmp_path: Path
+) -> None:
+    assert isinstance(artifact_store(s3), optuna.artifacts.Backoff)  # one hiccup is retried
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=2, epochs=2)
+    common = ["--storage", url, "--artifacts", s3, "--data", str(demo_root)]
+    result = runner.invoke(app, ["run", str(study_file), *common])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
+    checkpoints = {t.user_attrs["checkpoint"] for t in study.get_trials() if t.value is not None}
+    stored = {
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="carbrand-test")["Contents"]
+    }
+    assert checkpoints and checkpoints <= stored
+    out = tmp_path / "report"
+    report = runner.invoke(app, ["report", "tiny", *common, "--out", str(out)])
+    assert report.exit_code == 0, report.output
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["trials"][0]["number"] == study.best_trial.number
+    assert numbers["trials"][0]["test"]["images"] > 0  # the S3 checkpoint was evaluated
