@@ -117,6 +117,8 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
         storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Driver messages may quote the URL they were given, password and all.
+        first = first.replace(url, mask(url))
         raise UserError(f"storage {mask(url)}: cannot open: {first[:300]}") from e
     if url.startswith("sqlite"):
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)

@@ -141,8 +141,8 @@ def test_verified_cache_is_read_without_the_lock(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KB tmpfs: a really full disk (needs root and mount permission, else skipped)."""
-    mount = tmp_path / "full"
+    """A 64 KB tmpfs of this test's own (needs root and mount permission, else skipped)."""
+    mount = tmp_path / "disk"
     mount.mkdir()
     made = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
@@ -153,6 +153,19 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_read_only_cache_folder_serves_its_verified_cache(
+    tiny_disk: Path, tiny_tree: Path
+) -> None:
+    first = load_or_build(_train(tiny_tree), 16, "crop", tiny_disk / "c", skip_bad=False)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    again = load_or_build(_train(tiny_tree), 16, "crop", tiny_disk / "c", skip_bad=False)
+    assert again.reused and again.path == first.path
+    with pytest.raises(
+        UserError, match=r"cache folder .* is not writable \(Read-only file system"
+    ):
+        load_or_build(_train(tiny_tree), 20, "crop", tiny_disk / "c", skip_bad=False)
 
 
 def test_a_really_full_disk_is_a_clear_error(tiny_disk: Path, demo_root: Path) -> None:
