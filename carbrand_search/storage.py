@@ -74,6 +74,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
+    # The driver's own transactions start only at the first write, after Optuna's
+    # SELECT … FOR UPDATE (which SQLite ignores) has read the row: two workers could both see a
+    # queued trial as WAITING and both run it. SQLAlchemy's recipe: the driver starts none, and
+    # every transaction begins IMMEDIATE, holding SQLite's write lock from its first read.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
@@ -122,6 +131,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
         raise UserError(f"storage {mask(url)}: cannot open: {first[:300]}") from e
     if url.startswith("sqlite"):
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin_immediate)
         storage.engine.dispose()  # later connections are made with the pragmas
     return storage
 

@@ -327,3 +327,31 @@ def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     result = runner.invoke(app, ["worker", "ghost", "--storage", url])
     assert result.exit_code == 2 and "no study 'ghost'" in result.output
+
+
+def _ask_once(url: str, barrier, out) -> None:
+    study = optuna.load_study(study_name="race", storage=open_storage(url))
+    barrier.wait()
+    out.put(study.ask().number)
+
+
+def test_a_queued_trial_goes_to_exactly_one_worker_on_sqlite(tmp_path: Path) -> None:
+    """SQLite ignores SELECT … FOR UPDATE: without IMMEDIATE transactions, workers asking at once
+    could all pop the same WAITING trial and run it twice."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    context = multiprocessing.get_context("spawn")
+    for _ in range(3):
+        study.enqueue_trial({"x": 1.0})
+        barrier, out = context.Barrier(4), context.Queue()
+        procs = [context.Process(target=_ask_once, args=(url, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        numbers = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert len(set(numbers)) == 4, numbers  # four trials, none handed out twice
+    fixed = [t for t in study.get_trials() if t.system_attrs.get("fixed_params")]
+    assert len(fixed) == 3
