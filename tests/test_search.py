@@ -115,7 +115,7 @@ def test_best_trial_rebuilds_from_stored_params_and_checkpoint(
 
 def test_collapse_pruner_cuts_diverging_study_early(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    huge_lr = "low = 50.0\nhigh = 100.0\ndefault = 50.0"
+    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"  # 10 is the most train.lr accepts
     study_file = write_study(tmp_path, n_trials=3, epochs=8, lr=huge_lr, collapse=True)
     assert run_cli(study_file, url, demo_root, tmp_path).exit_code == 0
     status = runner.invoke(app, ["status", "tiny", "--storage", url])
@@ -140,7 +140,7 @@ def test_bad_input_changes_nothing_in_storage(demo_root: Path, tmp_path: Path) -
     unknown = runner.invoke(app, ["run", "nope", "--storage", url])
     assert (
         unknown.exit_code == 2
-        and "available: cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0" in unknown.output
+        and "available: cars-scratch, cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0" in unknown.output
     )
     scheme = run_cli(study_file, "mongodb://x", demo_root, tmp_path)
     assert scheme.exit_code == 2 and "unsupported URL" in scheme.output
