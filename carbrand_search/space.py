@@ -41,7 +41,7 @@ def sample(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     return {param.key: suggest(trial, param) for param in spec.space}
 
 
-def encode(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any]:
+def encode(values: Mapping[str, Any]) -> dict[str, Any]:
     """Plain values → the form Optuna stores (what `enqueue_trial` takes)."""
     return {key: _label(value) for key, value in values.items()}
 

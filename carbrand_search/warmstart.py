@@ -18,7 +18,7 @@ WARM_START_ATTR = "warm_start"
 def enqueue_defaults(study: optuna.Study, spec: StudySpec) -> None:
     """Queue the study file's defaults (the seed's recipe) as the study's first trial."""
     study.enqueue_trial(
-        space.encode(spec, spec.defaults()),
+        space.encode(spec.defaults()),
         user_attrs={WARM_START_ATTR: "defaults"},
         skip_if_exists=True,
     )
@@ -73,17 +73,19 @@ def enqueue_from(
     the sampler."""
     enqueued: list[int] = []
     skipped: list[tuple[int, str]] = []
+    held = _params_held(study)  # read once; what this call queues is added as it goes
     for trial in best_trials(source.get_trials(deepcopy=False), source_spec.direction):
         if len(enqueued) == top:
             break
         values = space.decode(source_spec, trial.params)
         reason = invalid_reason(spec, values)
-        params = space.encode(spec, values)
-        if reason is None and params in _params_held(study):
+        params = space.encode(values)
+        if reason is None and params in held:
             reason = "already in this study"
         if reason is not None:
             skipped.append((trial.number, reason))
             continue
+        held.append(params)
         study.enqueue_trial(
             params, user_attrs={WARM_START_ATTR: f"{source.study_name} trial {trial.number}"}
         )

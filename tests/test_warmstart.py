@@ -38,7 +38,7 @@ def test_new_study_queues_its_defaults_first(tmp_path: Path) -> None:
     [first] = study.get_trials()
     assert first.state == TrialState.WAITING
     assert first.user_attrs[WARM_START_ATTR] == "defaults"
-    assert first.system_attrs["fixed_params"] == space.encode(spec, spec.defaults())
+    assert first.system_attrs["fixed_params"] == space.encode(spec.defaults())
 
 
 def test_from_queues_exactly_top_k_that_fit_and_names_the_rest(tmp_path: Path) -> None:
