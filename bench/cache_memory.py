@@ -28,8 +28,8 @@ from PIL import Image
 CHILD = """
 import json, sys
 from pathlib import Path
-from carbrand_search.cache import load_or_build
-from carbrand_search.data import scan
+from carbrand_search.data.cache import load_or_build
+from carbrand_search.data.imagefolder import scan
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from carbrand_search.data import scan
-from carbrand_search.demo import DemoSpec, write_demo
-from carbrand_search.job import load_split
-from carbrand_search.spec import load_spec
-from carbrand_search.storage import open_storage
+from carbrand_search.data.demo import DemoSpec, write_demo
+from carbrand_search.data.imagefolder import scan
+from carbrand_search.search.spec import load_spec
+from carbrand_search.search.storage import open_storage
+from carbrand_search.training.run import load_split
 
 
 def machine() -> str:

@@ -22,7 +22,7 @@ import optuna
 import psycopg
 from common import machine, write_json
 
-from carbrand_search.storage import open_storage
+from carbrand_search.search.storage import open_storage
 
 
 def worker(url: str, trials: int, errors: "mp.Queue[str]", spans: "mp.Queue[tuple]") -> None:

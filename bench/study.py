@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from common import demo_data, machine, study_file, timed_run, warm_cache, write_json
 
-from carbrand_search.data import scan
+from carbrand_search.data.imagefolder import scan
 
 
 def main() -> None:

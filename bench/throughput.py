@@ -30,13 +30,13 @@ from common import machine, write_json
 from PIL import Image
 
 from carbrand_search import models
-from carbrand_search.augment import Augment
-from carbrand_search.cache import load_or_build
-from carbrand_search.data import load_image, scan, square_array
-from carbrand_search.demo import DemoSpec, write_demo
-from carbrand_search.loader import DeviceSplit
-from carbrand_search.spec import DataConfig
-from carbrand_search.train import model_input, train_step
+from carbrand_search.core.config import DataConfig
+from carbrand_search.data.augment import Augment
+from carbrand_search.data.cache import load_or_build
+from carbrand_search.data.demo import DemoSpec, write_demo
+from carbrand_search.data.imagefolder import load_image, scan, square_array
+from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.fit import model_input, train_step
 
 CACHE_PX = 256  # side of the cached demo images the models crop from
 STEPS_PER_CHECK = 5  # packed runs: training steps between looks at the clock

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from carbrand_search.errors import UserError
-from carbrand_search.terminal import PlainConsole, tagged
+from carbrand_search.core.errors import UserError
+from carbrand_search.core.terminal import PlainConsole, tagged
 
 if TYPE_CHECKING:
     import optuna
 
-    from carbrand_search.spec import StudySpec
+    from carbrand_search.search.spec import StudySpec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
@@ -69,7 +69,7 @@ def data_demo(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write a small synthetic car-brand dataset (train/val/test) to try everything on a CPU."""
-    from carbrand_search.demo import DemoSpec, write_demo
+    from carbrand_search.data.demo import DemoSpec, write_demo
 
     counts, written = write_demo(folder, DemoSpec(classes, per_class, size, seed))
     console.print(
@@ -80,7 +80,7 @@ def data_demo(
 
 def check_and_print(folder: Path, skip_bad: bool) -> None:
     """Validate a dataset and print the `data check` summary (also ends every ingest command)."""
-    from carbrand_search.data import cross_split_duplicates, inspect, scan
+    from carbrand_search.data.imagefolder import cross_split_duplicates, inspect, scan
 
     tree = scan(folder)
     summaries = inspect(tree, skip_bad)
@@ -163,7 +163,7 @@ def data_split(
     force: ForceOpt = False,
 ) -> None:
     """Split a flat brand-folder tree: stratified, seeded, duplicates kept in one split."""
-    from carbrand_search.ingest import split_flat
+    from carbrand_search.data.ingest import split_flat
 
     finish_ingest(split_flat(src, dst, val, test, seed, force, min_per_class), dst)
 
@@ -180,7 +180,7 @@ def data_import_stanford(
     force: ForceOpt = False,
 ) -> None:
     """Stanford Cars (196 model classes) → car makes, with train/val/test splits."""
-    from carbrand_search.ingest import import_stanford_cars
+    from carbrand_search.data.ingest import import_stanford_cars
 
     finish_ingest(import_stanford_cars(src, dst, min_per_class, crop, val, seed, force), dst)
 
@@ -194,7 +194,7 @@ def data_download(
     force: ForceOpt = False,
 ) -> None:
     """Download a dataset (Kaggle, via kagglehub) and link its train/val/test folders into DST."""
-    from carbrand_search.ingest import download_kaggle
+    from carbrand_search.data.ingest import download_kaggle
 
     if source != "kaggle":
         raise UserError(f"unknown source {source!r}; supported: kaggle")
@@ -222,11 +222,16 @@ def train(
     """Train one configuration of a study: the space's defaults plus --set overrides."""
     import torch
 
-    from carbrand_search.cache import default_cache_root
-    from carbrand_search.job import load_training_data, prepare_out_dir, save_run, train_config
+    from carbrand_search.data.cache import default_cache_root
     from carbrand_search.progress import CacheProgress, RichTrainListener
-    from carbrand_search.spec import apply_overrides, load_spec
-    from carbrand_search.train import pick_device
+    from carbrand_search.search.spec import apply_overrides, load_spec
+    from carbrand_search.training.fit import pick_device
+    from carbrand_search.training.run import (
+        load_training_data,
+        prepare_out_dir,
+        save_run,
+        train_config,
+    )
 
     spec = load_spec(study)
     config = apply_overrides(spec.resolve(spec.defaults()), overrides or [])
@@ -313,10 +318,10 @@ def run(
     import optuna
     from rich.live import Live
 
-    from carbrand_search.cache import default_cache_root
-    from carbrand_search.data import scan
-    from carbrand_search.job import build_model, load_split
-    from carbrand_search.launcher import (
+    from carbrand_search.data.cache import default_cache_root
+    from carbrand_search.data.imagefolder import scan
+    from carbrand_search.progress import CacheProgress, live_view, study_line
+    from carbrand_search.search.launcher import (
         BUDGET_ATTR,
         FINISHED,
         WorkerPlan,
@@ -326,9 +331,9 @@ def run(
         start_workers,
         stop_workers,
     )
-    from carbrand_search.progress import CacheProgress, live_view, study_line
-    from carbrand_search.spec import load_spec
-    from carbrand_search.storage import artifact_store, mask, open_storage
+    from carbrand_search.search.spec import load_spec
+    from carbrand_search.search.storage import artifact_store, mask, open_storage
+    from carbrand_search.training.run import build_model, load_split
 
     if workers < 1 or workers_per_gpu < 1 or top < 1:
         raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
@@ -422,8 +427,8 @@ def _warm_start(
     study: "optuna.Study", spec: "StudySpec", source: "optuna.Study", top: int
 ) -> None:
     """`run --from`: queue the other study's best fitting parameter sets and say which."""
-    from carbrand_search.launcher import stored_spec
-    from carbrand_search.warmstart import enqueue_from
+    from carbrand_search.search.launcher import stored_spec
+    from carbrand_search.search.warmstart import enqueue_from
 
     result = enqueue_from(study, spec, source, stored_spec(source), top)
     for number, reason in result.skipped:
@@ -442,9 +447,9 @@ def create(
     storage: StorageOpt = "sqlite:///carbrand-search.db",
 ) -> None:
     """Create a study (or check an existing one) without running trials; workers join later."""
-    from carbrand_search.launcher import BUDGET_ATTR, ensure_study
-    from carbrand_search.spec import load_spec
-    from carbrand_search.storage import mask, open_storage
+    from carbrand_search.search.launcher import BUDGET_ATTR, ensure_study
+    from carbrand_search.search.spec import load_spec
+    from carbrand_search.search.storage import mask, open_storage
 
     spec = load_spec(study)
     created = ensure_study(spec, open_storage(storage), n_trials)
@@ -471,8 +476,8 @@ def worker(
     """Join an existing study from this machine and run trials until its budget is met."""
     import optuna
 
-    from carbrand_search.launcher import WorkerPlan, plan_devices, worker_main
-    from carbrand_search.storage import mask, open_storage
+    from carbrand_search.search.launcher import WorkerPlan, plan_devices, worker_main
+    from carbrand_search.search.storage import mask, open_storage
 
     names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
     if study not in names:
@@ -502,9 +507,9 @@ def status(
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
 
-    from carbrand_search.launcher import BUDGET_ATTR
     from carbrand_search.progress import format_params, short, study_line
-    from carbrand_search.storage import mask
+    from carbrand_search.search.launcher import BUDGET_ATTR
+    from carbrand_search.search.storage import mask
 
     optuna_study, _ = open_study(study, storage)
     trials = optuna_study.get_trials(deepcopy=False)
@@ -530,7 +535,7 @@ def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
     """List the studies in a storage with their trial counts."""
     import optuna
 
-    from carbrand_search.storage import open_storage
+    from carbrand_search.search.storage import open_storage
 
     for summary in optuna.get_all_study_summaries(open_storage(storage)):
         best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
@@ -541,7 +546,7 @@ def open_study(name: str, storage: str) -> tuple[Any, Any]:
     """(study, storage) for a study that must exist; a clear error otherwise."""
     import optuna
 
-    from carbrand_search.storage import mask, open_storage
+    from carbrand_search.search.storage import mask, open_storage
 
     store = open_storage(storage)
     try:
@@ -570,9 +575,9 @@ def report(
     """Evaluate the best trial(s) on the test split; write report.html, report.md, report.json."""
     import time
 
-    from carbrand_search.cache import default_cache_root
-    from carbrand_search.report import build_report
-    from carbrand_search.storage import artifact_store, mask
+    from carbrand_search.data.cache import default_cache_root
+    from carbrand_search.reports.report import build_report
+    from carbrand_search.search.storage import artifact_store, mask
 
     if top < 1:
         raise UserError("--top must be >= 1")
@@ -605,9 +610,9 @@ def compare(
     cache_dir: CacheOpt = None,
 ) -> None:
     """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
-    from carbrand_search.cache import default_cache_root
-    from carbrand_search.compare import compare_rows, write_compare
-    from carbrand_search.storage import artifact_store
+    from carbrand_search.data.cache import default_cache_root
+    from carbrand_search.reports.compare import compare_rows, write_compare
+    from carbrand_search.search.storage import artifact_store
 
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"output folder {out} is not empty; pass --force to replace it")
@@ -638,7 +643,7 @@ def dashboard(
     """Start optuna-dashboard on the same storage and artifact store."""
     import optuna_dashboard
 
-    from carbrand_search.storage import artifact_store, mask, open_storage
+    from carbrand_search.search.storage import artifact_store, mask, open_storage
 
     store = open_storage(storage)
     console.print(
@@ -663,10 +668,10 @@ def predict_cmd(
     artifacts: ArtifactsOpt = "artifacts",
 ) -> None:
     """Top-k brands with probabilities for each image, from a study's best (or chosen) trial."""
-    from carbrand_search.evaluate import load_trial_model
-    from carbrand_search.inference import predict_files
-    from carbrand_search.report import ranked_trials
-    from carbrand_search.storage import artifact_store
+    from carbrand_search.reports.evaluate import load_trial_model
+    from carbrand_search.reports.predict import predict_files
+    from carbrand_search.reports.report import ranked_trials
+    from carbrand_search.search.storage import artifact_store
 
     optuna_study, _ = open_study(study, storage)
     if trial is None:

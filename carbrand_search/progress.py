@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
-from carbrand_search.metric import best_first, is_better
-from carbrand_search.train import EpochMetrics
+from carbrand_search.core.metric import best_first, is_better
+from carbrand_search.training.fit import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from carbrand_search.demo import DemoSpec, write_demo
+from carbrand_search.data.demo import DemoSpec, write_demo
 
 os.environ["COLUMNS"] = "200"  # rich reads the width once, when the CLI module is imported
 

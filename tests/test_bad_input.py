@@ -9,10 +9,10 @@ from conftest import REPO, write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carbrand_search.data import inspect, scan
-from carbrand_search.errors import UserError
-from carbrand_search.spec import apply_overrides, load_spec
-from carbrand_search.storage import open_storage
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import inspect, scan
+from carbrand_search.search.spec import apply_overrides, load_spec
+from carbrand_search.search.storage import open_storage
 
 BASE = tomllib.loads((REPO / "studies" / "cnn-hpo.toml").read_text())
 SECTIONS = ["study", "data", "model", "train", "sampler", "pruner"]

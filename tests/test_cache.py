@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carbrand_search import cache
-from carbrand_search.cache import load_or_build
-from carbrand_search.data import load_image, scan, square_array
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
+from carbrand_search.data import cache
+from carbrand_search.data.cache import load_or_build
+from carbrand_search.data.imagefolder import load_image, scan, square_array
 
 
 def _train(tree_root: Path):

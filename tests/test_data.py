@@ -7,8 +7,8 @@ from conftest import write_tree
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
-from carbrand_search.data import inspect, scan
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import inspect, scan
 
 runner = CliRunner()
 

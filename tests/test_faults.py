@@ -20,7 +20,7 @@ from conftest import REPO, write_study
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from carbrand_search.storage import open_storage
+from carbrand_search.search.storage import open_storage
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -20,11 +20,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
-from carbrand_search.data import BadImage, load_image
-from carbrand_search.errors import UserError
-from carbrand_search.launcher import TEXT_ATTR
-from carbrand_search.report import md_escape
-from carbrand_search.storage import PG_CONNECT_ARGS, artifact_store, mask, open_storage
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import BadImage, load_image
+from carbrand_search.reports.report import md_escape
+from carbrand_search.search.launcher import TEXT_ATTR
+from carbrand_search.search.storage import PG_CONNECT_ARGS, artifact_store, mask, open_storage
 
 runner = CliRunner()
 compose_missing = pytest.mark.skipif(

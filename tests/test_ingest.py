@@ -10,11 +10,11 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 from typer.testing import CliRunner
 
-from carbrand_search import ingest
 from carbrand_search.cli import app
-from carbrand_search.data import scan
-from carbrand_search.errors import UserError
-from carbrand_search.ingest import make_of, sha256, split_flat
+from carbrand_search.core.errors import UserError
+from carbrand_search.data import ingest
+from carbrand_search.data.imagefolder import scan
+from carbrand_search.data.ingest import make_of, sha256, split_flat
 
 runner = CliRunner()
 

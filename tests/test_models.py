@@ -9,8 +9,8 @@ from conftest import SHARED
 from huggingface_hub import constants as hf_constants
 
 from carbrand_search import models
-from carbrand_search.errors import UserError
-from carbrand_search.fields import field_types
+from carbrand_search.core.errors import UserError
+from carbrand_search.core.fields import field_types
 
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0_timm.safetensors"
 
@@ -123,9 +123,9 @@ def test_hf_offline_without_file_says_how_to(
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_gradcam_runs_on_every_models_declared_layer(name: str) -> None:
-    from carbrand_search.augment import Augment
-    from carbrand_search.gradcam import overlays
-    from carbrand_search.spec import DataConfig
+    from carbrand_search.core.config import DataConfig
+    from carbrand_search.data.augment import Augment
+    from carbrand_search.reports.gradcam import overlays
 
     entry = models.entry(name)
     params = {"pretrained": False} if "pretrained" in field_types(entry.params) else {}

@@ -5,8 +5,13 @@ import math
 import optuna
 import pytest
 
-from carbrand_search.pruners import EPOCHS_ATTR, CollapsePruner, collapse_reason, make_pruner
-from carbrand_search.spec import PrunerConfig
+from carbrand_search.core.config import PrunerConfig
+from carbrand_search.search.pruners import (
+    EPOCHS_ATTR,
+    CollapsePruner,
+    collapse_reason,
+    make_pruner,
+)
 
 CFG = PrunerConfig(warmup_epochs=1, max_top_class_share=0.9, loss_tolerance=0.02, patience=2)
 

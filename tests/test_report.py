@@ -19,15 +19,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from carbrand_search import space
 from carbrand_search.cli import app
-from carbrand_search.data import load_image, scan, square_array
-from carbrand_search.errors import UserError
-from carbrand_search.evaluate import Evaluation, load_trial_model
-from carbrand_search.gradcam import overlays
-from carbrand_search.job import augment_for, build_model
-from carbrand_search.launcher import stored_spec
-from carbrand_search.storage import artifact_store, open_storage
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import load_image, scan, square_array
+from carbrand_search.reports.evaluate import Evaluation, load_trial_model
+from carbrand_search.reports.gradcam import overlays
+from carbrand_search.search import space
+from carbrand_search.search.launcher import stored_spec
+from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.training.run import augment_for, build_model
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium")

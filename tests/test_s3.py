@@ -16,7 +16,7 @@ from conftest import write_study
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
-from carbrand_search.storage import artifact_store, open_storage
+from carbrand_search.search.storage import artifact_store, open_storage
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")

@@ -19,13 +19,13 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from carbrand_search import space
 from carbrand_search.cli import app
-from carbrand_search.errors import UserError
-from carbrand_search.job import build_model
-from carbrand_search.launcher import make_sampler, plan_devices, stored_spec
-from carbrand_search.spec import SamplerConfig
-from carbrand_search.storage import artifact_store, open_storage
+from carbrand_search.core.config import SamplerConfig
+from carbrand_search.core.errors import UserError
+from carbrand_search.search import space
+from carbrand_search.search.launcher import make_sampler, plan_devices, stored_spec
+from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.training.run import build_model
 
 runner = CliRunner()
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

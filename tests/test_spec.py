@@ -6,9 +6,9 @@ import optuna
 import pytest
 from conftest import REPO
 
-from carbrand_search.errors import UserError
-from carbrand_search.space import decode, sample
-from carbrand_search.spec import apply_overrides, load_spec
+from carbrand_search.core.errors import UserError
+from carbrand_search.search.space import decode, sample
+from carbrand_search.search.spec import apply_overrides, load_spec
 
 MINIMAL = """
 [model]

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from carbrand_search.augment import Augment
 from carbrand_search.cli import app
-from carbrand_search.job import augment_for, build_model, load_training_data, train_config
-from carbrand_search.loader import DeviceSplit
-from carbrand_search.spec import DataConfig, RunConfig, apply_overrides, load_spec
-from carbrand_search.train import (
+from carbrand_search.core.config import DataConfig, RunConfig
+from carbrand_search.data.augment import Augment
+from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.search.spec import apply_overrides, load_spec
+from carbrand_search.training.fit import (
     EpochMetrics,
     balanced_weights,
     fit,
@@ -23,6 +23,7 @@ from carbrand_search.train import (
     make_optimizer,
     val_metrics,
 )
+from carbrand_search.training.run import augment_for, build_model, load_training_data, train_config
 
 runner = CliRunner()
 SMALL = [

@@ -8,12 +8,12 @@ from conftest import write_study
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from carbrand_search import space
 from carbrand_search.cli import app
-from carbrand_search.launcher import ensure_study
-from carbrand_search.spec import load_spec
-from carbrand_search.storage import open_storage
-from carbrand_search.warmstart import WARM_START_ATTR, enqueue_from
+from carbrand_search.search import space
+from carbrand_search.search.launcher import ensure_study
+from carbrand_search.search.spec import load_spec
+from carbrand_search.search.storage import open_storage
+from carbrand_search.search.warmstart import WARM_START_ATTR, enqueue_from
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from carbrand_search.errors import UserError
-from carbrand_search.fields import build
+from carbrand_search.core.errors import UserError
+from carbrand_search.core.fields import DataclassInstance, build
 from carbrand_search.models.resnet import ResNetParams, build_resnet, last_stage
 from carbrand_search.models.small_cnn import SmallCNN, SmallCNNParams
 from carbrand_search.models.timm_backbone import TimmParams, build_timm
@@ -23,7 +23,7 @@ class ModelEntry:
     """How to build one model and what it tells the rest of the system."""
 
     build: Callable[[int, Any], nn.Module]
-    params: type
+    params: type[DataclassInstance]
     cam_layer: Callable[[nn.Module], nn.Module]
     mean: tuple[float, ...]
     std: tuple[float, ...]

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
 
 
 @dataclass(frozen=True)

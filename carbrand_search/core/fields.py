@@ -6,7 +6,16 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args, get_origin
+
+
+class DataclassInstance(Protocol):
+    """Any dataclass instance (what `dataclasses.asdict` and `replace` accept)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+D = TypeVar("D", bound=DataclassInstance)
 
 
 def describe(tp: Any) -> str:
@@ -58,7 +67,7 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def build(cls: type, table: Mapping[str, Any], section: str) -> Any:
+def build(cls: type[D], table: Mapping[str, Any], section: str) -> D:
     """Build dataclass `cls` from a TOML table; unknown keys and wrong types raise ValueError."""
     if not isinstance(table, Mapping):
         raise ValueError(f"[{section}] must be a table, got {table!r}")
@@ -72,7 +81,7 @@ def build(cls: type, table: Mapping[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-def replace(obj: Any, changes: Mapping[str, Any], section: str) -> Any:
+def replace(obj: D, changes: Mapping[str, Any], section: str) -> D:
     """Copy of dataclass `obj` with `changes` applied, type-checked, then validated together."""
     types_ = field_types(type(obj))
     unknown = sorted(set(changes) - set(types_))

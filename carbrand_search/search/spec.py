@@ -1,119 +1,25 @@
 """Study files (TOML) as frozen dataclasses; unknown keys and bad ranges are rejected by name."""
 
-import dataclasses
 import hashlib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from carbrand_search import metric, models
-from carbrand_search.errors import UserError
-from carbrand_search.fields import build, coerce, field_types, parse_literal, replace
-from carbrand_search.metric import Metric
-
-MAX_CACHE_SIZE = 1024  # px; a split of 10,000 images at 1024 px is already 31 GB of cache
-SEED_LIMIT = 2**32  # NumPy's and torch's seeds
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How images are cached and augmented."""
-
-    cache_size: int = 256  # side of the square each image is decoded to, once
-    fit: Literal["crop", "pad", "stretch"] = "crop"  # how a photo becomes that square
-    image_size: int = 224  # side the model sees
-    crop: Literal["random", "resized"] = "random"  # RandomCrop or RandomResizedCrop for training
-    min_scale: float = 0.35  # smallest area share of a resized crop
-    hflip: bool = True
-    color_jitter: float = 0.1  # brightness/contrast/saturation strength
-
-    def __post_init__(self) -> None:
-        if not 8 <= self.cache_size <= MAX_CACHE_SIZE:
-            raise ValueError(
-                f"data.cache_size must be in [8, {MAX_CACHE_SIZE}], got {self.cache_size}"
-            )
-        if not 8 <= self.image_size <= self.cache_size:
-            raise ValueError(
-                f"data.image_size must be in [8, data.cache_size={self.cache_size}], "
-                f"got {self.image_size}"
-            )
-        if not 0.0 < self.min_scale <= 1.0:
-            raise ValueError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise ValueError(f"data.color_jitter must be in [0, 1), got {self.color_jitter}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one training run."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 5e-5
-    momentum: float = 0.9  # SGD and RMSprop
-    nesterov: bool = False  # SGD
-    label_smoothing: float = 0.05
-    scheduler: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"
-    plateau_patience: int = 2
-    plateau_factor: float = 0.5
-    warmup_epochs: int = 0
-    freeze_epochs: int = 0  # epochs training only the classifier head
-    class_weights: Literal["none", "balanced"] = "none"  # loss weights ∝ 1 / class frequency
-    sampling: Literal["shuffle", "balanced"] = "shuffle"  # balanced: every class drawn equally
-    mixup_alpha: float = 0.0  # timm Mixup's Beta(α, α); 0 = off
-    cutmix_alpha: float = 0.0  # timm CutMix's Beta(α, α); 0 = off (with both on, each batch
-    # picks one of the two at random)
-    monitor: Metric = "val_macro_f1"  # picks the best epoch and is the study's objective
-    seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
-    compile: bool = False  # torch.compile the model for training (pays off only for long trials)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": 1 <= self.epochs <= 10_000,
-            "batch_size": 1 <= self.batch_size <= 8192,
-            "lr": 0 < self.lr <= 10,
-            "weight_decay": 0 <= self.weight_decay <= 10,
-            "momentum": 0 <= self.momentum < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "mixup_alpha": 0 <= self.mixup_alpha <= 10,
-            "cutmix_alpha": 0 <= self.cutmix_alpha <= 10,
-            "plateau_patience": 0 <= self.plateau_patience <= 10_000,
-            "plateau_factor": 0 < self.plateau_factor < 1,
-            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
-            "freeze_epochs": 0 <= self.freeze_epochs < self.epochs,
-            "seed": 0 <= self.seed < SEED_LIMIT,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"train.{name} is out of range: {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A registry model name and its typed hyperparameters."""
-
-    name: str
-    params: Any  # the model's own frozen params dataclass
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one training run needs."""
-
-    data: DataConfig
-    model: ModelConfig
-    train: TrainConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict, keys as in the study file."""
-        return dataclasses.asdict(self)
+from carbrand_search import models
+from carbrand_search.core import metric
+from carbrand_search.core.config import (
+    DataConfig,
+    ModelConfig,
+    PrunerConfig,
+    RunConfig,
+    SamplerConfig,
+    TrainConfig,
+)
+from carbrand_search.core.errors import UserError
+from carbrand_search.core.fields import build, coerce, field_types, parse_literal, replace
 
 
 @dataclass(frozen=True)
@@ -128,55 +34,6 @@ class ParamSpec:
     log: bool = False
     choices: tuple[Any, ...] = ()
     is_int: bool = False
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    name: Literal["tpe", "random", "gp"] = "tpe"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # Each worker seeds its sampler with seed + its index; NumPy takes seeds below 2**32.
-        if not 0 <= self.seed < SEED_LIMIT - 10_000:
-            raise ValueError(f"sampler.seed must be in [0, 2**32 - 10000), got {self.seed}")
-
-
-@dataclass(frozen=True)
-class PrunerConfig:
-    """Collapse pruning first, then optionally one of Optuna's own pruners."""
-
-    collapse: bool = True
-    # Epochs 1..warmup_epochs are never pruned, by any rule (epochs are reported from 1).
-    warmup_epochs: int = 1
-    max_top_class_share: float = 0.9
-    loss_tolerance: float = 0.02  # |val_loss / ln(classes) - 1| within this counts as stuck
-    patience: int = 2
-    optuna: Literal["none", "median", "hyperband", "successive_halving"] = "median"
-    # Median rule only (Optuna's PatientPruner), for noisy curves: ask the median rule only once
-    # the trial's last optuna_patience + 1 epochs all fell below its earlier best; 0 = always.
-    optuna_patience: int = 0
-    reduction_factor: int = 3  # Hyperband / successive halving: 1 / share promoted per rung
-
-    def __post_init__(self) -> None:
-        if self.warmup_epochs < 0 or self.patience < 1:
-            raise ValueError("pruner.warmup_epochs must be >= 0 and pruner.patience >= 1")
-        if not 0 < self.max_top_class_share <= 1:
-            raise ValueError(
-                f"pruner.max_top_class_share must be in (0, 1], got {self.max_top_class_share}"
-            )
-        if not 0 <= self.loss_tolerance < 1:
-            raise ValueError(f"pruner.loss_tolerance must be in [0, 1), got {self.loss_tolerance}")
-        if not 0 <= self.warmup_epochs <= 10_000 or self.patience > 10_000:
-            raise ValueError("pruner.warmup_epochs and pruner.patience must be at most 10000")
-        if self.optuna_patience < 0:
-            raise ValueError(f"pruner.optuna_patience must be >= 0, got {self.optuna_patience}")
-        if self.reduction_factor < 2:
-            raise ValueError(f"pruner.reduction_factor must be >= 2, got {self.reduction_factor}")
-
-    @property
-    def first_prunable_epoch(self) -> int:
-        """The first epoch any rule may prune at: the one after the warm-up."""
-        return self.warmup_epochs + 1
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
 
 BRANDS = (
     "Astra Motors", "Borealis", "Corvid", "Dorado Works", "Equinox", "Falcata", "Gryphon",

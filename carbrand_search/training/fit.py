@@ -16,10 +16,10 @@ from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 
-from carbrand_search import metric
-from carbrand_search.augment import Augment
-from carbrand_search.loader import DeviceSplit
-from carbrand_search.spec import TrainConfig
+from carbrand_search.core import metric
+from carbrand_search.core.config import TrainConfig
+from carbrand_search.data.augment import Augment
+from carbrand_search.data.loader import DeviceSplit
 
 
 @dataclass(frozen=True)

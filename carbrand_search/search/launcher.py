@@ -14,10 +14,11 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search.errors import UserError
-from carbrand_search.pruners import make_pruner
-from carbrand_search.spec import SamplerConfig, StudySpec, spec_from_text
-from carbrand_search.warmstart import enqueue_defaults
+from carbrand_search.core.config import SamplerConfig
+from carbrand_search.core.errors import UserError
+from carbrand_search.search.pruners import make_pruner
+from carbrand_search.search.spec import StudySpec, spec_from_text
+from carbrand_search.search.warmstart import enqueue_defaults
 
 TEXT_ATTR, HASH_ATTR, BUDGET_ATTR = "study_text", "study_hash", "n_trials"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -107,10 +108,10 @@ def worker_main(plan: WorkerPlan) -> None:
     """Run trials until the study's budget is finished; SIGTERM/SIGINT end the trial as FAIL."""
     import torch
 
-    from carbrand_search.cache import default_cache_root
-    from carbrand_search.job import load_training_data
-    from carbrand_search.objective import Objective, trials_taken
-    from carbrand_search.storage import artifact_store, open_storage
+    from carbrand_search.data.cache import default_cache_root
+    from carbrand_search.search.objective import Objective, trials_taken
+    from carbrand_search.search.storage import artifact_store, open_storage
+    from carbrand_search.training.run import load_training_data
 
     def interrupt(*_: Any) -> None:
         raise KeyboardInterrupt  # Optuna marks the running trial FAIL, then re-raises

@@ -8,9 +8,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search import metric, space
-from carbrand_search.errors import UserError
-from carbrand_search.spec import StudySpec
+from carbrand_search.core import metric
+from carbrand_search.core.errors import UserError
+from carbrand_search.search import space
+from carbrand_search.search.spec import StudySpec
 
 WARM_START_ATTR = "warm_start"
 

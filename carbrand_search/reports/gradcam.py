@@ -7,7 +7,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from carbrand_search import models
-from carbrand_search.augment import Augment
+from carbrand_search.data.augment import Augment
 
 
 def overlays(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from carbrand_search.spec import DataConfig
+from carbrand_search.core.config import DataConfig
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial
 
-from carbrand_search.spec import PrunerConfig
+from carbrand_search.core.config import PrunerConfig
 
 EPOCHS_ATTR = "epochs"
 

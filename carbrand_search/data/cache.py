@@ -19,8 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from carbrand_search.data import BadImage, Split, bad_files_error, decode_each, square_array
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import (
+    BadImage,
+    Split,
+    bad_files_error,
+    decode_each,
+    square_array,
+)
 
 CACHE_VERSION = 2  # 2: raw images.u8 (preallocated), labels inside the checksum
 

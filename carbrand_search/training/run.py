@@ -11,13 +11,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from carbrand_search import models
-from carbrand_search.augment import Augment
-from carbrand_search.cache import CachedSplit, load_or_build
-from carbrand_search.data import ImageTree, scan
-from carbrand_search.errors import UserError
-from carbrand_search.loader import DeviceSplit
-from carbrand_search.spec import DataConfig, RunConfig
-from carbrand_search.train import FitResult, TrainListener, fit, seed_everything
+from carbrand_search.core.config import DataConfig, RunConfig
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.augment import Augment
+from carbrand_search.data.cache import CachedSplit, load_or_build
+from carbrand_search.data.imagefolder import ImageTree, scan
+from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.fit import FitResult, TrainListener, fit, seed_everything
 
 CacheProgress = Callable[[str, int, int], None]
 

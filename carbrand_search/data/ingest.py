@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from carbrand_search.data import SPLITS, BadImage, load_image
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.imagefolder import SPLITS, BadImage, load_image
 
 MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover", "Rolls-Royce")
 

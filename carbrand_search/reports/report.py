@@ -18,15 +18,21 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search import plots, space
-from carbrand_search.errors import UserError
-from carbrand_search.evaluate import Evaluation, TrialModel, evaluate_split, load_trial_model
-from carbrand_search.gradcam import overlays
-from carbrand_search.job import augment_for
-from carbrand_search.launcher import BUDGET_ATTR, stored_spec
-from carbrand_search.metric import best_first
-from carbrand_search.pruners import EPOCHS_ATTR
-from carbrand_search.terminal import clean
+from carbrand_search.core import plots
+from carbrand_search.core.errors import UserError
+from carbrand_search.core.metric import best_first
+from carbrand_search.core.terminal import clean
+from carbrand_search.reports.evaluate import (
+    Evaluation,
+    TrialModel,
+    evaluate_split,
+    load_trial_model,
+)
+from carbrand_search.reports.gradcam import overlays
+from carbrand_search.search import space
+from carbrand_search.search.launcher import BUDGET_ATTR, stored_spec
+from carbrand_search.search.pruners import EPOCHS_ATTR
+from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
 

@@ -8,8 +8,8 @@ import optuna
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 
-from carbrand_search.evaluate import evaluate_split, load_trial_model
-from carbrand_search.report import md_escape, ranked_trials
+from carbrand_search.reports.evaluate import evaluate_split, load_trial_model
+from carbrand_search.reports.report import md_escape, ranked_trials
 
 
 def compare_rows(

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
 
 T = TypeVar("T")
 SPLITS = ("train", "val", "test")

@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from carbrand_search.spec import ParamSpec, StudySpec
+from carbrand_search.search.spec import ParamSpec, StudySpec
 
 
 def _label(choice: Any) -> Any:

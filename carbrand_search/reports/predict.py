@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from carbrand_search.data import BadImage, load_image, square_array
-from carbrand_search.evaluate import TrialModel
-from carbrand_search.gradcam import overlays
-from carbrand_search.job import augment_for
+from carbrand_search.data.imagefolder import BadImage, load_image, square_array
+from carbrand_search.reports.evaluate import TrialModel
+from carbrand_search.reports.gradcam import overlays
+from carbrand_search.training.run import augment_for
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from carbrand_search.errors import UserError
+from carbrand_search.core.errors import UserError
 
 # Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -18,15 +18,15 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.metrics import precision_recall_fscore_support as prf
 from torch import nn
 
-from carbrand_search import space
-from carbrand_search.cache import load_or_build
-from carbrand_search.data import scan
-from carbrand_search.errors import UserError
-from carbrand_search.job import augment_for, build_model
-from carbrand_search.launcher import stored_spec
-from carbrand_search.loader import DeviceSplit
-from carbrand_search.spec import RunConfig
-from carbrand_search.train import predict
+from carbrand_search.core.config import RunConfig
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.cache import load_or_build
+from carbrand_search.data.imagefolder import scan
+from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.search import space
+from carbrand_search.search.launcher import stored_spec
+from carbrand_search.training.fit import predict
+from carbrand_search.training.run import augment_for, build_model
 
 COLLAPSE_SHARE = 0.5  # one brand taking half the predictions is a collapse at any class count
 

@@ -13,11 +13,12 @@ from safetensors.torch import save_file
 from sklearn.metrics import confusion_matrix
 from torch import Tensor
 
-from carbrand_search import plots, space
-from carbrand_search.job import TrainingData, augment_for, train_config
-from carbrand_search.pruners import EPOCHS_ATTR, collapse_reason
-from carbrand_search.spec import StudySpec
-from carbrand_search.train import EpochMetrics, predict
+from carbrand_search.core import plots
+from carbrand_search.search import space
+from carbrand_search.search.pruners import EPOCHS_ATTR, collapse_reason
+from carbrand_search.search.spec import StudySpec
+from carbrand_search.training.fit import EpochMetrics, predict
+from carbrand_search.training.run import TrainingData, augment_for, train_config
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
