@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from carbrand_search.data.demo import DemoSpec, write_demo
 from carbrand_search.data.imagefolder import scan
+from carbrand_search.search import record
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import open_storage
 from carbrand_search.training.run import load_split
@@ -135,7 +136,7 @@ def timed_run(
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     complete = [t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None]
     return {
-        "collapsed_at_end": [t.number for t in done if collapsed(t.user_attrs.get("epochs", []))],
+        "collapsed_at_end": [t.number for t in done if collapsed(record.epochs(t))],
         "pruned_trials": [t.number for t in done if t.state == TrialState.PRUNED],
         "values": {t.number: round(t.value, 4) for t in done if t.value is not None},
         "workers": workers,
@@ -144,7 +145,7 @@ def timed_run(
         "trials": len(done),
         "trials_per_hour": round(3600 * len(done) / seconds, 1),
         "pruned": sum(t.state == TrialState.PRUNED for t in done),
-        "epochs_run": sum(len(t.user_attrs.get("epochs", [])) for t in done),
+        "epochs_run": sum(len(record.epochs(t)) for t in done),
         "best": round(max(complete), 4) if complete else None,
     }
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.terminal import PlainConsole, tagged
+from carbrand_search.training.device import DEVICE_HELP
 
 if TYPE_CHECKING:
-    import optuna
-
-    from carbrand_search.search.spec import StudySpec
+    from carbrand_search.data.ingest import IngestReport
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
@@ -25,6 +25,14 @@ console = PlainConsole(soft_wrap=True)
 err_console = PlainConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit codes: 0 done; 1 some input files unreadable (predict); 2 bad input (UserError);
+# 3 the search stopped before its budget (workers failed); 130 interrupted (Ctrl-C, SIGTERM).
+EXIT_BAD_FILES, EXIT_USER_ERROR, EXIT_SHORT_OF_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def error_line(message: str) -> None:
+    err_console.print(tagged("error:", "red", message), soft_wrap=True)
 
 
 def reports_errors(command: F) -> F:
@@ -35,13 +43,14 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            err_console.print(tagged("error:", "red", str(e)), soft_wrap=True)
-            raise typer.Exit(2) from None
+            error_line(str(e))
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 StudyArg = Annotated[str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP + ".")]
 DataOpt = Annotated[
     Path,
     typer.Option(
@@ -80,15 +89,15 @@ def data_demo(
 
 def check_and_print(folder: Path, skip_bad: bool) -> None:
     """Validate a dataset and print the `data check` summary (also ends every ingest command)."""
-    from carbrand_search.data.imagefolder import cross_split_duplicates, inspect, scan
+    from carbrand_search.data.imagefolder import check_dataset
 
-    tree = scan(folder)
-    summaries = inspect(tree, skip_bad)
-    table = Table(title=f"{folder}: {len(tree.classes)} classes")
+    checked = check_dataset(folder, skip_bad)
+    summaries = checked.summaries
+    table = Table(title=f"{folder}: {len(checked.tree.classes)} classes")
     table.add_column("class")
     for split in summaries:
         table.add_column(split, justify="right")
-    for cls in tree.classes:
+    for cls in checked.tree.classes:
         table.add_row(cls, *(str(s.per_class[cls]) for s in summaries.values()))
     table.add_section()
     table.add_row("total", *(str(s.total) for s in summaries.values()))
@@ -106,14 +115,13 @@ def check_and_print(folder: Path, skip_bad: bool) -> None:
     for s in summaries.values():
         for bad in s.bad:
             console.print(tagged("skipped:", "yellow", str(bad)))
-    for pair, count in cross_split_duplicates(tree).items():
-        first, second = pair.split("/")
+    for leak in checked.leaks:
         console.print(
             tagged(
                 "warning:",
                 "yellow",
-                f"{count} image(s) in {second}/ have the same bytes as images in {first}/ "
-                "(leakage: evaluation sees training images)",
+                f"{leak.count} image(s) in {leak.later}/ have the same bytes as images in "
+                f"{leak.earlier}/ (leakage: evaluation sees training images)",
             )
         )
     console.print(tagged("ok:", "green", f"{folder} is a valid dataset"))
@@ -135,7 +143,7 @@ MinPerClassOpt = Annotated[int, typer.Option(help="Drop classes with fewer image
 DstArg = Annotated[Path, typer.Argument(help="New train/ val/ test/ tree.")]
 
 
-def finish_ingest(report: Any, dst: Path) -> None:
+def finish_ingest(report: "IngestReport", dst: Path) -> None:
     """What an ingest command did (counts, links/copies, skips, dropped classes), then `check`."""
     totals = {split: sum(c.values()) for split, c in report.counts.items()}
     console.print(
@@ -165,7 +173,10 @@ def data_split(
     """Split a flat brand-folder tree: stratified, seeded, duplicates kept in one split."""
     from carbrand_search.data.ingest import split_flat
 
-    finish_ingest(split_flat(src, dst, val, test, seed, force, min_per_class), dst)
+    report = split_flat(
+        src, dst, val=val, test=test, seed=seed, force=force, min_per_class=min_per_class
+    )
+    finish_ingest(report, dst)
 
 
 @data_app.command("import-stanford-cars")
@@ -182,7 +193,10 @@ def data_import_stanford(
     """Stanford Cars (196 model classes) → car makes, with train/val/test splits."""
     from carbrand_search.data.ingest import import_stanford_cars
 
-    finish_ingest(import_stanford_cars(src, dst, min_per_class, crop, val, seed, force), dst)
+    report = import_stanford_cars(
+        src, dst, min_per_class=min_per_class, crop=crop, val=val, seed=seed, force=force
+    )
+    finish_ingest(report, dst)
 
 
 @data_app.command("download")
@@ -198,21 +212,21 @@ def data_download(
 
     if source != "kaggle":
         raise UserError(f"unknown source {source!r}; supported: kaggle")
-    finish_ingest(download_kaggle(dataset, dst, force), dst)
+    finish_ingest(download_kaggle(dataset, dst, force=force), dst)
 
 
 @app.command("train")
 @reports_errors
 def train(
     study: StudyArg,
-    data: DataOpt = Path("demo-data"),
+    data: DataOpt = defaults.DATA,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/<study>/<time>).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOpt = "auto",
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch (default: all).")
     ] = None,
@@ -225,7 +239,7 @@ def train(
     from carbrand_search.data.cache import default_cache_root
     from carbrand_search.progress import CacheProgress, RichTrainListener
     from carbrand_search.search.spec import apply_overrides, load_spec
-    from carbrand_search.training.fit import pick_device
+    from carbrand_search.training.device import resolve_device
     from carbrand_search.training.run import (
         load_training_data,
         prepare_out_dir,
@@ -236,16 +250,14 @@ def train(
     spec = load_spec(study)
     config = apply_overrides(spec.resolve(spec.defaults()), overrides or [])
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    try:
-        torch_device = pick_device(device)
-    except RuntimeError as e:
-        raise UserError(f"--device {device}: {e}") from e
+    torch_device = resolve_device(device)
     out = out or Path("runs") / spec.name / datetime.now().strftime("%Y%m%d-%H%M%S")
     prepare_out_dir(out)
     with CacheProgress(console) as progress:
         loaded = load_training_data(
-            data, config.data, cache_dir or default_cache_root(), torch_device, skip_bad, progress
-        )
+            data, config.data, cache_dir or default_cache_root(), torch_device,
+            skip_bad=skip_bad, on_progress=progress,
+        )  # fmt: skip
     console.print(
         f"{spec.name}: {config.model.name} on {len(loaded.tree.classes)} classes, "
         f"{len(loaded.train)} train / {len(loaded.val)} val images, device {torch_device}"
@@ -293,12 +305,12 @@ def run(
     n_trials: Annotated[
         int | None, typer.Option(help="Total trial budget (default: the study file's).")
     ] = None,
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
-    data: DataOpt = Path("demo-data"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
+    data: DataOpt = defaults.DATA,
+    device: DeviceOpt = "auto",
     workers_per_gpu: Annotated[int, typer.Option(help="Trials packed on one GPU.")] = 1,
-    heartbeat: HeartbeatOpt = 15,
+    heartbeat: HeartbeatOpt = defaults.HEARTBEAT_S,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
     from_study: Annotated[
@@ -312,129 +324,41 @@ def run(
     top: Annotated[int, typer.Option(help="How many of --from's best trials to queue.")] = 3,
 ) -> None:
     """Create or resume a study; N parallel workers optimise it until its budget is met."""
-    import signal
-    import time
-
-    import optuna
-    from rich.live import Live
-
-    from carbrand_search.data.cache import default_cache_root
-    from carbrand_search.data.imagefolder import scan
-    from carbrand_search.progress import CacheProgress, live_view, study_line
-    from carbrand_search.search.launcher import (
-        BUDGET_ATTR,
-        FINISHED,
-        WorkerPlan,
-        count,
-        ensure_study,
-        plan_devices,
-        start_workers,
-        stop_workers,
-    )
+    from carbrand_search.progress import RichRunProgress, study_line
+    from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
     from carbrand_search.search.spec import load_spec
-    from carbrand_search.search.storage import artifact_store, mask, open_storage
-    from carbrand_search.training.run import build_model, load_split
 
-    if workers < 1 or workers_per_gpu < 1 or top < 1:
-        raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
     spec = load_spec(study)
-    devices = plan_devices(device, workers, workers_per_gpu)
-    cores = os.cpu_count() or 1
-    if devices[0][0] == "cpu" and workers > cores:
-        err_console.print(
-            tagged(
-                "warning:",
-                "yellow",
-                f"{workers} workers on {cores} CPU cores compete for them (measured: 4 workers "
-                "on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)",
-            )
+    options = RunOptions(
+        storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
+        heartbeat_s=heartbeat, skip_bad=skip_bad,
+    )  # fmt: skip
+    launch = LaunchOptions(
+        workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
+        warm_from=from_study, warm_top=top,
+    )  # fmt: skip
+    with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
+        outcome = run_study(spec, options, launch, progress)
+    if outcome.nothing_to_do:
+        console.print(
+            f"{spec.name}: already finished ({outcome.finished}/{outcome.budget} trials); "
+            "nothing to do"
         )
-    cache = cache_dir or default_cache_root()
-    tree = scan(data)  # bad data stops here, before the storage is touched
-    build_model(spec.resolve(spec.defaults()), len(tree.classes))  # so do missing weights
-    with CacheProgress(console) as progress:
-        for split in ("train", "val"):
-            load_split(tree, split, spec.base.data, cache, skip_bad, progress)
-    artifact_store(artifacts)
-    store = open_storage(storage, heartbeat)
-    source = None
-    if from_study is not None:
-        try:
-            source = optuna.load_study(study_name=from_study, storage=store)
-        except KeyError:
-            raise UserError(f"--from {from_study}: no such study in this storage") from None
-    optuna_study = ensure_study(spec, store, n_trials)
-    budget = int(optuna_study.user_attrs[BUDGET_ATTR])
-    finished = count(optuna_study, *FINISHED)
-    if finished >= budget:
-        console.print(f"{spec.name}: already finished ({finished}/{budget} trials); nothing to do")
         return
-    if source is not None:
-        _warm_start(optuna_study, spec, source, top)
-    console.print(
-        f"{spec.name}: {budget - finished} trials to go with {workers} worker(s) on "
-        f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(storage)}"
-    )
-    plans = [
-        WorkerPlan(
-            study=spec.name,
-            storage=storage,
-            artifacts=artifacts,
-            data=str(data),
-            cache=str(cache),
-            device=dev,
-            threads=threads,
-            index=i,
-            heartbeat_s=heartbeat,
-            skip_bad=skip_bad,
-        )
-        for i, (dev, threads) in enumerate(devices)
-    ]
-    processes = start_workers(plans)
-
-    def terminate(*_: Any) -> None:
-        raise KeyboardInterrupt  # `kill`, `docker stop`: stop like Ctrl-C, never orphan workers
-
-    signal.signal(signal.SIGTERM, terminate)
-
-    def view() -> Any:
-        trials = optuna_study.get_trials(deepcopy=False)
-        return live_view(spec.name, trials, budget, spec.direction)
-
-    try:
-        with Live(view(), console=console, refresh_per_second=2, transient=True) as live:
-            while any(p.is_alive() for p in processes):
-                time.sleep(1)
-                live.update(view())
-    except KeyboardInterrupt:
-        stop_workers(processes, optuna_study, store)
+    if outcome.interrupted:
         err_console.print("interrupted: running trials marked FAIL; `run` again to resume")
-        raise typer.Exit(130) from None
-    stop_workers(processes, optuna_study, store)
-    trials = optuna_study.get_trials(deepcopy=False)
-    console.print(study_line(spec.name, trials, budget, spec.direction))
-    crashed = [p.exitcode for p in processes if p.exitcode]
-    if count(optuna_study, *FINISHED) < budget:
-        raise UserError(
-            f"{spec.name}: stopped short of its budget; worker exit codes {crashed or 'all 0'}; "
-            "`run` again to resume"
+        raise typer.Exit(EXIT_INTERRUPTED)
+    console.print(study_line(spec.name, outcome.trials, outcome.budget, spec.direction))
+    if not outcome.budget_met:
+        error_line(
+            f"{spec.name}: stopped short of its budget; worker exit codes "
+            f"{outcome.crashed or 'all 0'}; `run` again to resume"
         )
-    if crashed:
-        err_console.print(tagged("warning:", "yellow", f"worker exit codes {crashed}; budget met"))
-
-
-def _warm_start(
-    study: "optuna.Study", spec: "StudySpec", source: "optuna.Study", top: int
-) -> None:
-    """`run --from`: queue the other study's best fitting parameter sets and say which."""
-    from carbrand_search.search.launcher import stored_spec
-    from carbrand_search.search.warmstart import enqueue_from
-
-    result = enqueue_from(study, spec, source, stored_spec(source), top)
-    for number, reason in result.skipped:
-        console.print(f"--from {source.study_name}: skipped trial {number}: {reason}")
-    queued = ", ".join(str(n) for n in result.enqueued) or "none"
-    console.print(f"--from {source.study_name}: queued trials {queued} as warm starts")
+        raise typer.Exit(EXIT_SHORT_OF_BUDGET)
+    if outcome.crashed:
+        err_console.print(
+            tagged("warning:", "yellow", f"worker exit codes {outcome.crashed}; budget met")
+        )
 
 
 @app.command("create")
@@ -444,17 +368,17 @@ def create(
     n_trials: Annotated[
         int | None, typer.Option(help="Total trial budget (default: the study file's).")
     ] = None,
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    storage: StorageOpt = defaults.STORAGE,
 ) -> None:
     """Create a study (or check an existing one) without running trials; workers join later."""
-    from carbrand_search.search.launcher import BUDGET_ATTR, ensure_study
     from carbrand_search.search.spec import load_spec
     from carbrand_search.search.storage import mask, open_storage
+    from carbrand_search.search.study import budget, ensure_study
 
     spec = load_spec(study)
     created = ensure_study(spec, open_storage(storage), n_trials)
     console.print(
-        f"study '{spec.name}' ready in {mask(storage)}: budget {created.user_attrs[BUDGET_ATTR]} "
+        f"study '{spec.name}' ready in {mask(storage)}: budget {budget(created)} "
         f"trials, {len(created.trials)} so far; start workers with `carbrand-search worker "
         f"{spec.name}`"
     )
@@ -464,74 +388,52 @@ def create(
 @reports_errors
 def worker(
     study: Annotated[str, typer.Argument(help="Name of a study created by `run`.")],
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
-    data: DataOpt = Path("demo-data"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
+    data: DataOpt = defaults.DATA,
+    device: DeviceOpt = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
-    heartbeat: HeartbeatOpt = 15,
+    heartbeat: HeartbeatOpt = defaults.HEARTBEAT_S,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Join an existing study from this machine and run trials until its budget is met."""
-    import optuna
+    from carbrand_search.search.runner import RunOptions, join_study
+    from carbrand_search.search.worker import WorkerStopped
 
-    from carbrand_search.search.launcher import WorkerPlan, plan_devices, worker_main
-    from carbrand_search.search.storage import mask, open_storage
-
-    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-    if study not in names:
-        raise UserError(
-            f"no study '{study}' in {mask(storage)} (studies: {', '.join(names) or 'none'}); "
-            "create it with `carbrand-search run`"
-        )
-    # One process here, so it may use every core; cuda:N picks a GPU explicitly.
-    dev = device if device.startswith("cuda:") else plan_devices(device, 1, 1)[0][0]
-    plan = WorkerPlan(
-        study=study, storage=storage, artifacts=artifacts, data=str(data),
-        cache=str(cache_dir or ""), device=dev, threads=threads or os.cpu_count() or 1,
-        index=os.getpid(), heartbeat_s=heartbeat, skip_bad=skip_bad,
+    options = RunOptions(
+        storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
+        heartbeat_s=heartbeat, skip_bad=skip_bad,
     )  # fmt: skip
     try:
-        worker_main(plan)
-    except SystemExit as e:
-        if e.code:
-            raise typer.Exit(int(e.code)) from None
+        join_study(study, options, threads)
+    except WorkerStopped as e:
+        error_line(f"worker: {e}")
+        raise typer.Exit(EXIT_SHORT_OF_BUDGET) from None
 
 
 @app.command("status")
 @reports_errors
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
+    storage: StorageOpt = defaults.STORAGE,
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
-
-    from carbrand_search.progress import format_params, short, study_line
-    from carbrand_search.search.launcher import BUDGET_ATTR
+    from carbrand_search.progress import status_table, study_line
+    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import mask
+    from carbrand_search.search.study import budget, direction, trials
 
-    optuna_study, _ = open_study(study, storage)
-    trials = optuna_study.get_trials(deepcopy=False)
-    table = Table(title=f"{study} ({mask(storage)})")
-    for column in ("#", "state", "value", "params", "duration", "prune reason"):
-        table.add_column(column)
-    for t in trials:
-        duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
-        reason = t.user_attrs.get("prune_reason")
-        why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""
-        params = format_params(t.params)
-        value = f"{t.value:.4f}" if t.value is not None else ""
-        table.add_row(str(t.number), t.state.name, value, params, duration, why)
-    console.print(table)
-    budget = int(optuna_study.user_attrs.get(BUDGET_ATTR, len(trials)))
-    direction = optuna_study.direction.name.lower()
-    console.print(study_line(study, trials, budget, direction))
+    optuna_study = open_study(study, storage)
+    found = trials(optuna_study)
+    console.print(status_table(f"{study} ({mask(storage)})", found))
+    total = budget(optuna_study, default=len(found))
+    console.print(study_line(study, found, total, direction(optuna_study)))
 
 
 @app.command("studies")
 @reports_errors
-def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
+def studies(storage: StorageOpt = defaults.STORAGE) -> None:
     """List the studies in a storage with their trial counts."""
     import optuna
 
@@ -540,22 +442,6 @@ def studies(storage: StorageOpt = "sqlite:///carbrand-search.db") -> None:
     for summary in optuna.get_all_study_summaries(open_storage(storage)):
         best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
         console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")
-
-
-def open_study(name: str, storage: str) -> tuple[Any, Any]:
-    """(study, storage) for a study that must exist; a clear error otherwise."""
-    import optuna
-
-    from carbrand_search.search.storage import mask, open_storage
-
-    store = open_storage(storage)
-    try:
-        return optuna.load_study(study_name=name, storage=store), store
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise UserError(
-            f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
-        ) from None
 
 
 @app.command("report")
@@ -567,9 +453,9 @@ def report(
     ] = None,
     top: Annotated[int, typer.Option(help="Report the best K complete trials.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
-    data: DataOpt = Path("demo-data"),
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
+    data: DataOpt = defaults.DATA,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Evaluate the best trial(s) on the test split; write report.html, report.md, report.json."""
@@ -577,21 +463,22 @@ def report(
 
     from carbrand_search.data.cache import default_cache_root
     from carbrand_search.reports.report import build_report
+    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store, mask
 
     if top < 1:
         raise UserError("--top must be >= 1")
     start = time.perf_counter()
-    optuna_study, store = open_study(study, storage)
     folder = out or Path("reports") / study
     result = build_report(
-        optuna_study, artifact_store(artifacts), data, cache_dir or default_cache_root(), folder,
-        top, force, store, mask(storage),
+        open_study(study, storage), artifacts=artifact_store(artifacts), data_root=data,
+        cache_root=cache_dir or default_cache_root(), out=folder, top=top, force=force,
+        storage_label=mask(storage),
     )  # fmt: skip
-    best = result["trials"][0]
+    best = result.trials[0]
     console.print(
-        f"{study}: best trial {best['number']}: test accuracy {best['test']['accuracy']:.4f}, "
-        f"macro-F1 {best['test']['macro_f1']:.4f}; {best['test']['verdict']['text']}"
+        f"{study}: best trial {best.number}: test accuracy {best.test.accuracy:.4f}, "
+        f"macro-F1 {best.test.macro_f1:.4f}; {best.test.verdict.text}"
     )
     console.print(
         f"wrote {folder}/report.html, report.md, report.json in {time.perf_counter() - start:.1f}s"
@@ -604,37 +491,35 @@ def compare(
     studies: Annotated[list[str], typer.Argument(help="Study names.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/compare"),
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
-    data: DataOpt = Path("demo-data"),
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
+    data: DataOpt = defaults.DATA,
     cache_dir: CacheOpt = None,
 ) -> None:
     """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
     from carbrand_search.data.cache import default_cache_root
-    from carbrand_search.reports.compare import compare_rows, write_compare
+    from carbrand_search.reports.compare import compare_studies
+    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
-    opened = [open_study(name, storage) for name in studies]
-    rows = compare_rows(
-        [s for s, _ in opened], artifact_store(artifacts), data, cache_dir or default_cache_root()
-    )
+    rows = compare_studies(
+        [open_study(name, storage) for name in studies], artifacts=artifact_store(artifacts),
+        data=data, cache=cache_dir or default_cache_root(), out=out, force=force,
+    )  # fmt: skip
     table = Table(title="studies compared")
     for column in rows[0]:
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
-    write_compare(rows, out)
     console.print(f"wrote {out}/compare.md and compare.json")
 
 
 @app.command("dashboard")
 @reports_errors
 def dashboard(
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     host: Annotated[
         str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")
     ] = "127.0.0.1",
@@ -664,23 +549,17 @@ def predict_cmd(
     cam: Annotated[
         Path | None, typer.Option(help="Write a Grad-CAM overlay per image here.")
     ] = None,
-    storage: StorageOpt = "sqlite:///carbrand-search.db",
-    artifacts: ArtifactsOpt = "artifacts",
+    storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
 ) -> None:
     """Top-k brands with probabilities for each image, from a study's best (or chosen) trial."""
     from carbrand_search.reports.evaluate import load_trial_model
-    from carbrand_search.reports.predict import predict_files
-    from carbrand_search.reports.report import ranked_trials
+    from carbrand_search.reports.predict import choose_trial, predict_files
+    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store
 
-    optuna_study, _ = open_study(study, storage)
-    if trial is None:
-        chosen = ranked_trials(optuna_study)[0]
-    else:
-        numbers = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
-        if trial not in numbers:
-            raise UserError(f"--trial {trial}: no such trial in '{study}'")
-        chosen = numbers[trial]
+    optuna_study = open_study(study, storage)
+    chosen = choose_trial(optuna_study, trial)
     tm = load_trial_model(optuna_study, chosen, artifact_store(artifacts))
     predictions, bad = predict_files(tm, images, top_k, cam)
     for p in predictions:
@@ -689,6 +568,6 @@ def predict_cmd(
             f"{p.path}: {ranked}" + (f"  (CAM {p.cam})" if p.cam else ""), highlight=False
         )
     for error in bad:
-        err_console.print(tagged("error:", "red", str(error)), soft_wrap=True)
+        error_line(str(error))
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_BAD_FILES)

@@ -1,9 +1,13 @@
-"""Rich progress for the terminal: cache building and training epochs."""
+"""What the terminal shows: progress bars (cache, epochs), the live view of a run, the trials
+table of `status`; all drawn with rich from the search's typed records."""
 
 import time
+from collections import Counter
+from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,7 +20,10 @@ from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
-from carbrand_search.core.metric import best_first, is_better
+from carbrand_search.core.metric import Direction, is_better
+from carbrand_search.core.terminal import tagged
+from carbrand_search.search import record
+from carbrand_search.search.study import best_trials, finished
 from carbrand_search.training.fit import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
@@ -113,29 +120,21 @@ def format_params(params: dict[str, object]) -> str:
     return ", ".join(f"{k.split('.', 1)[-1]}={short(v)}" for k, v in params.items())
 
 
-def study_counts(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials per state name (complete, pruned, fail, running, waiting)."""
-    counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
-    for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts
-
-
-def study_line(name: str, trials: list[FrozenTrial], budget: int, direction: str) -> str:
+def study_line(name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction) -> str:
     """One line: progress against the budget and the best value so far."""
-    c = study_counts(trials)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = ""
-    if done:
-        top = best_first(done, direction, lambda t: t.value or 0.0)[0]
-        best = f", best {top.value:.4f} (trial {top.number})"
+    states = Counter(t.state for t in trials)
+    ranked = best_trials(trials, direction)
+    best = f", best {ranked[0].value:.4f} (trial {ranked[0].number})" if ranked else ""
     return (
-        f"{name}: {c['complete'] + c['pruned']}/{budget} finished ({c['complete']} complete, "
-        f"{c['pruned']} pruned), {c['fail']} failed, {c['running']} running{best}"
+        f"{name}: {finished(trials)}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
+        f"{states[TrialState.PRUNED]} pruned), {states[TrialState.FAIL]} failed, "
+        f"{states[TrialState.RUNNING]} running{best}"
     )
 
 
-def live_view(name: str, trials: list[FrozenTrial], budget: int, direction: str) -> Table:
+def live_view(
+    name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction
+) -> Table:
     """The `run` screen: the study line plus each running trial's worker and epoch."""
     table = Table(title=study_line(name, trials, budget, direction), title_justify="left")
     for column in ("worker", "trial", "epoch", "last val", "params"):
@@ -143,14 +142,70 @@ def live_view(name: str, trials: list[FrozenTrial], budget: int, direction: str)
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        epochs = t.user_attrs.get("epochs", [])
-        last = f"{epochs[-1]['val_macro_f1']:.3f} F1" if epochs else ""
+        stored = record.read(t)
+        last = f"{stored.epochs[-1]['val_macro_f1']:.3f} F1" if stored.epochs else ""
         params = format_params(dict(list(t.params.items())[:4]))
-        table.add_row(
-            str(t.user_attrs.get("worker", "")),
-            str(t.number),
-            str(t.user_attrs.get("epoch", "")),
-            last,
-            params,
-        )
+        table.add_row(stored.worker or "", str(t.number), str(stored.epoch or ""), last, params)
     return table
+
+
+def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
+    """`status`: every trial's state, value, parameters, duration and prune reason."""
+    table = Table(title=title)
+    for column in ("#", "state", "value", "params", "duration", "prune reason"):
+        table.add_column(column)
+    for t in trials:
+        duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
+        reason = record.read(t).prune_reason
+        why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""
+        value = f"{t.value:.4f}" if t.value is not None else ""
+        table.add_row(str(t.number), t.state.name, value, format_params(t.params), duration, why)
+    return table
+
+
+class RichRunProgress:
+    """A `RunProgress` for the terminal: notes on stdout, warnings tagged on stderr, a bar per
+    cache split, then the live view while workers run."""
+
+    def __init__(
+        self, console: Console, err_console: Console, spec_name: str, direction: Direction
+    ):
+        self.console, self.err_console = console, err_console
+        self.name, self.direction = spec_name, direction
+        self.cache: CacheProgress | None = None
+        self.live: Live | None = None
+        self.budget = 0
+
+    def __enter__(self) -> "RichRunProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_cache()
+        if self.live is not None:
+            self.live.stop()
+
+    def _stop_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.__exit__()
+            self.cache = None
+
+    def note(self, text: str) -> None:
+        self._stop_cache()
+        self.console.print(text)
+
+    def warning(self, text: str) -> None:
+        self.err_console.print(tagged("warning:", "yellow", text))
+
+    def decoding(self, split: str, done: int, total: int) -> None:
+        if self.cache is None:
+            self.cache = CacheProgress(self.console).__enter__()
+        self.cache(split, done, total)
+
+    def trials(self, trials: Sequence[FrozenTrial], budget: int) -> None:
+        view = live_view(self.name, trials, budget, self.direction)
+        if self.live is None:
+            self._stop_cache()
+            self.live = Live(view, console=self.console, refresh_per_second=2, transient=True)
+            self.live.start()
+        else:
+            self.live.update(view)

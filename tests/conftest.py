@@ -1,21 +1,35 @@
-"""Shared fixtures: tiny datasets made by the tests, seeded RNGs, one torch thread."""
+"""Shared fixtures and helpers: tiny datasets made by the tests, seeded RNGs, one torch thread,
+fresh PostgreSQL databases, CLI subprocesses and ways to catch a worker mid-trial."""
 
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import optuna
+import psycopg
 import pytest
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from carbrand_search.data.demo import DemoSpec, write_demo
+from carbrand_search.search import record
+from carbrand_search.search.storage import open_storage
 
 os.environ["COLUMNS"] = "200"  # rich reads the width once, when the CLI module is imported
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.fixture(autouse=True)
@@ -103,3 +117,101 @@ optuna = "none"
 """
     )
     return path
+
+
+@pytest.fixture
+def pg() -> Iterator[tuple[str, str]]:
+    """(storage URL, database name) of a fresh PostgreSQL database, dropped afterwards."""
+    name = f"cbs_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of `carbrand-search ARGS` in this interpreter."""
+    return [sys.executable, "-m", "carbrand_search", *args]
+
+
+def _default_sigint() -> None:
+    # A child of a shell running the tests in the background inherits SIGINT as ignored, and
+    # Python then installs no Ctrl-C handler: give it the disposition a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """`carbrand-search ARGS` in a subprocess, stdout and stderr together, SIGINT as in a shell."""
+    return subprocess.Popen(
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+
+
+def trials_of(url: str, name: str = "tiny") -> list[FrozenTrial]:
+    """The study's trials; none while it has not been created yet."""
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    except KeyError:
+        return []
+
+
+def finished(url: str, name: str = "tiny") -> int:
+    return sum(t.state in FINISHED for t in trials_of(url, name))
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.3)
+
+
+def running(url: str, min_epoch: int = 1) -> list[FrozenTrial]:
+    """Trials running at `min_epoch` or later."""
+    return [
+        t
+        for t in trials_of(url)
+        if t.state == TrialState.RUNNING and (record.read(t).epoch or 0) >= min_epoch
+    ]
+
+
+def freeze_a_running_worker(url: str) -> tuple[int, FrozenTrial]:
+    """SIGSTOP the worker of a running trial and return (its pid, that trial, still RUNNING).
+
+    A stopped worker cannot finish its trial, so what a test does next does not depend on how
+    fast the machine trains (on a GPU a tiny trial may end before a test can act on it)."""
+    while True:
+        wait_for(lambda: bool(running(url)))
+        seen = running(url)[0]
+        pid = record.read(seen).pid
+        assert pid is not None
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue  # that worker has just exited
+        now = next(t for t in trials_of(url) if t.number == seen.number)
+        if now.state == TrialState.RUNNING:
+            return pid, now
+        os.kill(pid, signal.SIGCONT)  # it finished the trial before it stopped: try again
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether stopped process `pid` has `signum` waiting for it (Linux /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [
+        int(line.split()[1], 16)
+        for line in status.splitlines()
+        if line[:6] in ("SigPnd", "ShdPnd")
+    ]
+    return any(mask & (1 << (signum - 1)) for mask in masks)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -23,8 +23,8 @@ from carbrand_search.cli import app
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.imagefolder import BadImage, load_image
 from carbrand_search.reports.report import md_escape
-from carbrand_search.search.launcher import TEXT_ATTR
 from carbrand_search.search.storage import PG_CONNECT_ARGS, artifact_store, mask, open_storage
+from carbrand_search.search.study import HASH_ATTR, TEXT_ATTR
 
 runner = CliRunner()
 compose_missing = pytest.mark.skipif(
@@ -141,7 +141,7 @@ def test_worker_and_run_refuse_a_stored_study_that_no_longer_matches_its_hash(
     run = runner.invoke(app, ["run", str(study_file), *common])
     assert run.exit_code == 2 and "does not match its stored hash" in run.output
     assert not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert hashlib.sha256(tampered.encode()).hexdigest() != study.user_attrs["study_hash"]
+    assert hashlib.sha256(tampered.encode()).hexdigest() != study.user_attrs[HASH_ATTR]
 
 
 def test_names_print_as_they_are_never_as_markup_or_control_codes(tmp_path: Path) -> None:

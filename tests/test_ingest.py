@@ -37,9 +37,9 @@ def listing(root: Path) -> dict[str, str]:
 def test_split_is_stratified_deterministic_and_leaves_source_alone(tmp_path: Path) -> None:
     src = flat_tree(tmp_path / "flat", {"Aston Martin": 40, "BMW": 20, "smart": 10})
     before = listing(src)
-    a = split_flat(src, tmp_path / "a", 0.15, 0.15, seed=0, force=False)
-    split_flat(src, tmp_path / "b", 0.15, 0.15, seed=0, force=False)
-    split_flat(src, tmp_path / "c", 0.15, 0.15, seed=1, force=False)
+    a = split_flat(src, tmp_path / "a", val=0.15, test=0.15, seed=0, force=False)
+    split_flat(src, tmp_path / "b", val=0.15, test=0.15, seed=0, force=False)
+    split_flat(src, tmp_path / "c", val=0.15, test=0.15, seed=1, force=False)
     assert listing(src) == before
     assert a.counts["test"] == {"Aston Martin": 6, "BMW": 3, "smart": 2}
     assert a.counts["val"] == {"Aston Martin": 6, "BMW": 3, "smart": 2}
@@ -54,7 +54,7 @@ def test_duplicates_stay_in_one_split(tmp_path: Path) -> None:
     for i in range(10):  # the same photo filed three times, once under the other brand too
         shutil.copy(src / "Audi" / f"{i}.png", src / "Audi" / f"copy-{i}.png")
         shutil.copy(src / "Audi" / f"{i}.png", src / "Ford" / f"also-{i}.png")
-    split_flat(src, tmp_path / "out", 0.2, 0.2, seed=0, force=False)
+    split_flat(src, tmp_path / "out", val=0.2, test=0.2, seed=0, force=False)
     where: dict[str, set[str]] = {}
     for path in (tmp_path / "out").rglob("*.png"):
         where.setdefault(sha256(path), set()).add(path.relative_to(tmp_path / "out").parts[0])
@@ -65,7 +65,7 @@ def test_duplicates_stay_in_one_split(tmp_path: Path) -> None:
 
 def test_hard_links_and_copy_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = flat_tree(tmp_path / "flat", {"Audi": 6, "Ford": 6})
-    linked = split_flat(src, tmp_path / "linked", 0.2, 0.2, seed=0, force=False)
+    linked = split_flat(src, tmp_path / "linked", val=0.2, test=0.2, seed=0, force=False)
     assert (linked.linked, linked.copied) == (12, 0)
     some = next((tmp_path / "linked" / "train" / "Audi").iterdir())
     assert os.stat(some).st_nlink == 2
@@ -74,7 +74,7 @@ def test_hard_links_and_copy_fallback(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("cross-device link")
 
     monkeypatch.setattr(ingest.os, "link", no_links)
-    copied = split_flat(src, tmp_path / "copied", 0.2, 0.2, seed=0, force=False)
+    copied = split_flat(src, tmp_path / "copied", val=0.2, test=0.2, seed=0, force=False)
     assert (copied.linked, copied.copied) == (0, 12)
     assert os.stat(next((tmp_path / "copied" / "train" / "Audi").iterdir())).st_nlink == 1
 
@@ -87,9 +87,9 @@ def test_split_refuses_to_overwrite_and_bad_fractions(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "--force" in refused.output
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     with pytest.raises(UserError, match="sum below 1"):
-        split_flat(src, tmp_path / "x", 0.6, 0.5, seed=0, force=False)
+        split_flat(src, tmp_path / "x", val=0.6, test=0.5, seed=0, force=False)
     with pytest.raises(UserError, match="overlaps the source"):
-        split_flat(src, src / "inside", 0.2, 0.2, seed=0, force=False)
+        split_flat(src, src / "inside", val=0.2, test=0.2, seed=0, force=False)
     forced = runner.invoke(app, ["data", "split", str(src), str(tmp_path / "out"), "--force"])
     assert forced.exit_code == 0, forced.output
     assert "valid dataset" in forced.output and not (tmp_path / "out" / "keep.txt").exists()
@@ -98,7 +98,9 @@ def test_split_refuses_to_overwrite_and_bad_fractions(tmp_path: Path) -> None:
 def test_split_skips_unreadable_and_drops_small_classes(tmp_path: Path) -> None:
     src = flat_tree(tmp_path / "flat", {"Audi": 10, "Ford": 10, "Geo": 3})
     (src / "Audi" / "broken.jpg").write_bytes(b"nope")
-    report = split_flat(src, tmp_path / "out", 0.2, 0.2, seed=0, force=False, min_per_class=5)
+    report = split_flat(
+        src, tmp_path / "out", val=0.2, test=0.2, seed=0, force=False, min_per_class=5
+    )
     assert report.dropped_classes == {"Geo": 3}
     assert len(report.skipped) == 1 and "broken.jpg" in report.skipped[0]
     assert scan(tmp_path / "out").classes == ("Audi", "Ford")
@@ -107,7 +109,7 @@ def test_split_skips_unreadable_and_drops_small_classes(tmp_path: Path) -> None:
 def test_check_warns_about_leakage(tmp_path: Path) -> None:
     src = flat_tree(tmp_path / "flat", {"Audi": 10, "Ford": 10})
     out = tmp_path / "out"
-    split_flat(src, out, 0.2, 0.2, seed=0, force=False)
+    split_flat(src, out, val=0.2, test=0.2, seed=0, force=False)
     leaked = next((out / "train" / "Audi").iterdir())
     shutil.copy(leaked, out / "test" / "Audi" / "planted.png")
     result = runner.invoke(app, ["data", "check", str(out)])

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from carbrand_search.core.config import PrunerConfig
+from carbrand_search.search import record
 from carbrand_search.search.pruners import (
-    EPOCHS_ATTR,
     CollapsePruner,
     collapse_reason,
     make_pruner,
@@ -51,7 +51,7 @@ def test_collapse_off_still_catches_divergence() -> None:
 
 def _trial_with(study: optuna.Study, epochs: list[dict[str, float]], value: float) -> optuna.Trial:
     trial = study.ask()
-    trial.set_user_attr(EPOCHS_ATTR, epochs)
+    record.epochs_done(trial, epochs)
     for step in range(1, len(epochs) + 1):
         trial.report(value, step)
     return trial
@@ -78,7 +78,7 @@ def _finished(study: optuna.Study, n: int, value: float, epochs: int = 4) -> Non
     halving records a trial's rung values only when asked)."""
     for _ in range(n):
         trial = study.ask()
-        trial.set_user_attr(EPOCHS_ATTR, [epoch()] * epochs)
+        record.epochs_done(trial, [epoch()] * epochs)
         for step in range(1, epochs + 1):
             trial.report(value, step)
             assert not trial.should_prune()
@@ -142,7 +142,7 @@ def test_hyperband_is_a_hyperband_pruner_for_tpe() -> None:
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
         for step in range(1, 10):
-            trial.set_user_attr(EPOCHS_ATTR, [epoch()] * step)
+            record.epochs_done(trial, [epoch()] * step)
             trial.report(x * step / 9, step)
             if trial.should_prune():
                 raise optuna.TrialPruned
@@ -164,12 +164,12 @@ def test_patient_median_waits_for_a_stalled_trial() -> None:
     study = optuna.create_study(direction="maximize", pruner=pruner)
     _finished(study, 5, 0.8)
     improving = study.ask()
-    improving.set_user_attr(EPOCHS_ATTR, [])
+    record.epochs_done(improving, [])
     for step, value in enumerate([0.1, 0.2, 0.3, 0.4], start=1):
         improving.report(value, step)
         assert not improving.should_prune()  # below the median, but still improving
     falling = study.ask()
-    falling.set_user_attr(EPOCHS_ATTR, [])
+    record.epochs_done(falling, [])
     decisions = []
     for step, value in enumerate([0.3, 0.2, 0.1, 0.1], start=1):
         falling.report(value, step)

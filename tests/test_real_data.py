@@ -5,10 +5,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SHARED
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
+from carbrand_search.search.spec import apply_overrides, load_spec
+from carbrand_search.training.fit import predict
+from carbrand_search.training.run import augment_for, build_model, load_training_data
 
 runner = CliRunner()
 PHOTOS = SHARED / "datasets" / "stanford-cars-brands-128"
@@ -43,14 +48,22 @@ def test_real_subset_passes_check(real_subset: Path) -> None:
 def test_small_cnn_trains_on_real_photos(real_subset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train", "cnn-bn-hpo", "--data", str(real_subset), "--out", str(out)]
-    sets = _sets(
-        "data.cache_size=64", "data.image_size=56", "train.epochs=2", "train.batch_size=16"
-    )
-    result = runner.invoke(app, args + sets)
+    values = ("data.cache_size=64", "data.image_size=56", "train.epochs=2", "train.batch_size=16")
+    result = runner.invoke(app, args + _sets(*values))
     assert result.exit_code == 0, result.output
-    history = json.loads((out / "metrics.json").read_text())["history"]
-    assert len(history) == 2
-    assert all(0.0 <= m["val_accuracy"] <= 1.0 and m["val_loss"] > 0 for m in history)
+    saved = json.loads((out / "config.json").read_text())
+    spec = load_spec("cnn-bn-hpo")
+    config = apply_overrides(spec.resolve(spec.defaults()), values)
+    assert saved == {"config": json.loads(json.dumps(config.to_dict())), "classes": sorted(MAKES)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2
+    # The saved weights are the best epoch's: they score its validation accuracy again.
+    data = load_training_data(real_subset, config.data, tmp_path / "cache", torch.device("cpu"))
+    model = build_model(config, len(MAKES))
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    logits, labels = predict(model, data.val, augment_for(config), 64)
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(metrics["best"]["val_accuracy"], abs=1e-6)
 
 
 @pytest.mark.skipif(not LITE0.is_file(), reason="shared ImageNet weights not present")

@@ -24,9 +24,9 @@ from carbrand_search.core.errors import UserError
 from carbrand_search.data.imagefolder import load_image, scan, square_array
 from carbrand_search.reports.evaluate import Evaluation, load_trial_model
 from carbrand_search.reports.gradcam import overlays
-from carbrand_search.search import space
-from carbrand_search.search.launcher import stored_spec
+from carbrand_search.search import record, space
 from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.search.study import stored_spec
 from carbrand_search.training.run import augment_for, build_model
 
 runner = CliRunner()
@@ -81,13 +81,13 @@ def _independent_predictions(
     best = study.best_trial
     spec = stored_spec(study)
     config = spec.resolve(space.decode(spec, best.params))
-    classes = tuple(best.user_attrs["classes"])
+    classes = record.read(best).classes
     model = build_model(config, len(classes))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "w.safetensors"
         optuna.artifacts.download_artifact(
             artifact_store=artifact_store(str(done.artifacts)),
-            artifact_id=best.user_attrs["checkpoint"], file_path=str(path),
+            artifact_id=record.read(best).checkpoint, file_path=str(path),
         )  # fmt: skip
         model.load_state_dict(load_file(str(path)))
     model.eval()
@@ -145,10 +145,10 @@ def test_verdict_from_the_matrix(
         ("a", "b", "c", "d"), labels, np.array(preds), np.zeros((8, 4)), np.zeros((8, 2, 2, 3))
     )
     verdict = ev.verdict()
-    assert verdict["collapsed"] is collapsed and verdict["text"].startswith(start)
-    assert verdict["times_chance"] == pytest.approx(times_chance)
+    assert verdict.collapsed is collapsed and verdict.text.startswith(start)
+    assert verdict.times_chance == pytest.approx(times_chance)
     if not collapsed:
-        assert f"{times_chance:.1f}× the 25% of guessing" in verdict["text"]
+        assert f"{times_chance:.1f}× the 25% of guessing" in verdict.text
 
 
 def test_report_refuses_to_overwrite_without_force(done: Done, tmp_path: Path) -> None:

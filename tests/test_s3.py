@@ -16,6 +16,7 @@ from conftest import write_study
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
+from carbrand_search.search import record
 from carbrand_search.search.storage import artifact_store, open_storage
 
 boto3 = pytest.importorskip("boto3")
@@ -71,7 +72,7 @@ def test_checkpoints_go_to_s3_and_report_reads_them_back(
     result = runner.invoke(app, ["run", str(study_file), *common])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(url))
-    checkpoints = {t.user_attrs["checkpoint"] for t in study.get_trials() if t.value is not None}
+    checkpoints = {record.read(t).checkpoint for t in study.get_trials() if t.value is not None}
     stored = {
         o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="carbrand-test")["Contents"]
     }

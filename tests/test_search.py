@@ -3,17 +3,24 @@
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-import psycopg
 import pytest
 import torch
-from conftest import REPO, write_study
+from conftest import (
+    REPO,
+    alive,
+    cli,
+    finished,
+    freeze_a_running_worker,
+    signal_pending,
+    start_cli,
+    trials_of,
+    wait_for,
+    write_study,
+)
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -22,39 +29,26 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.core.config import SamplerConfig
 from carbrand_search.core.errors import UserError
-from carbrand_search.search import space
-from carbrand_search.search.launcher import make_sampler, plan_devices, stored_spec
+from carbrand_search.search import record, space
+from carbrand_search.search.launcher import plan_devices
+from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.search.study import make_sampler, stored_spec
+from carbrand_search.training.device import resolve_device
 from carbrand_search.training.run import build_model
 
 runner = CliRunner()
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def states(url: str, name: str = "tiny") -> list[TrialState]:
-    study = optuna.load_study(study_name=name, storage=open_storage(url))
-    return [t.state for t in study.get_trials(deepcopy=False)]
-
-
-def finished(url: str, name: str = "tiny") -> int:
-    return sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states(url, name))
+    return [t.state for t in trials_of(url, name)]
 
 
 def run_cli(study: Path, url: str, data: Path, tmp_path: Path, *extra: str):
     args = ["run", str(study), "--storage", url, "--data", str(data)]
     args += ["--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "1", *extra]
     return runner.invoke(app, args)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database of this test's own, dropped afterwards."""
-    name = f"cbs_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_two_workers_on_sqlite_reach_the_budget_exactly(demo_root: Path, tmp_path: Path) -> None:
@@ -74,15 +68,18 @@ def test_two_workers_on_sqlite_reach_the_budget_exactly(demo_root: Path, tmp_pat
     assert finished(url) == 7
 
 
-def test_two_workers_on_postgres(demo_root: Path, tmp_path: Path, pg_url: str) -> None:
+def test_two_workers_on_postgres(demo_root: Path, tmp_path: Path, pg) -> None:
+    url, _ = pg
     study_file = write_study(tmp_path, n_trials=4)
-    result = run_cli(study_file, pg_url, demo_root, tmp_path, "--workers", "2")
+    result = run_cli(study_file, url, demo_root, tmp_path, "--workers", "2")
     assert result.exit_code == 0, result.output
-    assert finished(pg_url) == 4
-    assert TrialState.RUNNING not in states(pg_url)
-    study = optuna.load_study(study_name="tiny", storage=open_storage(pg_url))
-    workers = {t.user_attrs["worker"] for t in study.get_trials() if "worker" in t.user_attrs}
-    assert len(workers) == 2  # both processes ran trials
+    assert "with 2 worker(s)" in result.output
+    assert finished(url) == 4
+    assert TrialState.RUNNING not in states(url)
+    # Which of the two ran how many trials depends on their speed; that each trial names one
+    # of at most two workers does not.
+    workers = {record.read(t).worker for t in trials_of(url)}
+    assert None not in workers and 1 <= len(workers) <= 2
 
 
 def test_journal_storage(demo_root: Path, tmp_path: Path) -> None:
@@ -101,15 +98,17 @@ def test_best_trial_rebuilds_from_stored_params_and_checkpoint(
     best = study.best_trial
     spec = stored_spec(study)
     config = spec.resolve(space.decode(spec, best.params))
-    model = build_model(config, len(best.user_attrs["classes"]))
+    stored = record.read(best)
+    assert stored.checkpoint is not None and stored.val is not None
+    model = build_model(config, len(stored.classes))
     weights = tmp_path / "best.safetensors"
     download_artifact(
         artifact_store=artifact_store(str(tmp_path / "artifacts")),
-        artifact_id=best.user_attrs["checkpoint"],
+        artifact_id=stored.checkpoint,
         file_path=str(weights),
     )
     model.load_state_dict(load_file(str(weights)))
-    assert best.user_attrs["val"]["val_macro_f1"] == pytest.approx(best.value)
+    assert stored.val["val_macro_f1"] == pytest.approx(best.value)
     assert len(best.intermediate_values) == 2
 
 
@@ -123,10 +122,11 @@ def test_collapse_pruner_cuts_diverging_study_early(demo_root: Path, tmp_path: P
     study = optuna.load_study(study_name="tiny", storage=open_storage(url))
     for trial in study.trials:
         assert trial.state == TrialState.PRUNED
-        reason = trial.user_attrs["prune_reason"]
-        assert reason["rule"] in ("one-class", "chance-loss", "diverged")
+        stored = record.read(trial)
+        reason = stored.prune_reason
+        assert reason is not None and reason["rule"] in ("one-class", "chance-loss", "diverged")
         assert reason["epoch"] < 8
-        assert len(trial.user_attrs["epochs"]) == reason["epoch"]
+        assert len(stored.epochs) == reason["epoch"]
     assert "rule=" in status.output and "3 pruned" in status.output
 
 
@@ -171,60 +171,6 @@ def test_other_study_file_under_same_name_is_refused(demo_root: Path, tmp_path: 
     assert len(states(url)) == 1
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "carbrand_search", *args]
-
-
-def _wait_for(predicate, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.3)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _running(url: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        study = optuna.load_study(study_name="tiny", storage=open_storage(url))
-    except KeyError:
-        return []
-    return [
-        t
-        for t in study.get_trials(states=(TrialState.RUNNING,))
-        if t.user_attrs.get("epoch", 0) >= 2
-    ]
-
-
-def test_sigkilled_worker_trial_fails_and_is_retried(demo_root: Path, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    study_file = write_study(tmp_path, n_trials=4, epochs=12)
-    args = ["run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2"]
-    proc = subprocess.Popen(
-        _cli(*args, "--artifacts", str(tmp_path / "a"), "--heartbeat", "1"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    _wait_for(lambda: bool(_running(url)))
-    victim = _running(url)[0]
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
-    trials = study.get_trials()
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
-    assert trials[victim.number].state == TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retries) == 1 and retries[0].params == victim.params
-    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert TrialState.RUNNING not in [t.state for t in trials]
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_run_cleanly_and_run_resumes(
     demo_root: Path, tmp_path: Path, stop: int
@@ -233,52 +179,50 @@ def test_signal_stops_run_cleanly_and_run_resumes(
     study_file = write_study(tmp_path, n_trials=3, epochs=12)
     args = ["run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2"]
     args += ["--artifacts", str(tmp_path / "a"), "--heartbeat", "1"]
-    proc = subprocess.Popen(
-        _cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    _wait_for(lambda: bool(_running(url)))
+    proc = start_cli(*args)
+    pid, caught = freeze_a_running_worker(url)  # mid-trial however fast the machine is
     sent = time.monotonic()
     proc.send_signal(stop)
+    # `run` stops its workers with SIGTERM: let the frozen one take it in the middle of its trial.
+    wait_for(lambda: signal_pending(pid, signal.SIGTERM))
+    os.kill(pid, signal.SIGCONT)
     output, _ = proc.communicate(timeout=60)
     print(f"run exited {time.monotonic() - sent:.1f}s after signal {stop}")
     assert proc.returncode == 130, output
     assert "interrupted" in output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
-    pids = {
-        int(t.user_attrs["worker"].rsplit(":", 1)[1])
-        for t in study.trials
-        if "worker" in t.user_attrs
-    }
-    assert pids and not any(_alive(pid) for pid in pids)  # no orphaned workers
+    found = trials_of(url)
+    assert next(t for t in found if t.number == caught.number).state == TrialState.FAIL
+    pids = {record.read(t).pid for t in found} - {None}
+    assert pids and not any(alive(p) for p in pids if p is not None)  # no orphaned workers
     assert TrialState.RUNNING not in states(url)
-    assert TrialState.FAIL in states(url)
-    resumed = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert finished(url) == 3
 
 
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study_file = write_study(tmp_path, n_trials=6, epochs=6)
+    study_file = write_study(tmp_path, n_trials=3, epochs=6)
     common = ["--storage", url, "--data", str(demo_root), "--artifacts", str(tmp_path / "a")]
-    run_proc = subprocess.Popen(
-        _cli("run", str(study_file), "--workers", "1", "--heartbeat", "1", *common),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    _wait_for(lambda: bool(_running(url)))
+    run_proc = start_cli("run", str(study_file), "--workers", "1", "--heartbeat", "1", *common)
+    # run's only worker, stopped mid-trial, can finish nothing: what finishes is the joiner's.
+    frozen, caught = freeze_a_running_worker(url)
     joined = subprocess.run(
-        _cli("worker", "tiny", "--threads", "1", "--heartbeat", "1", *common),
+        cli("worker", "tiny", "--threads", "1", "--heartbeat", "1", *common),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert joined.returncode == 0, joined.stdout + joined.stderr
+    os.kill(frozen, signal.SIGKILL)
     output, _ = run_proc.communicate(timeout=300)
-    assert run_proc.returncode == 0, output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
-    workers = {
-        t.user_attrs.get("worker") for t in study.get_trials() if t.state == TrialState.COMPLETE
-    }
-    assert len(workers) == 2
-    assert finished(url) == 6
+    assert run_proc.returncode == 0, output  # the budget was met, by the joined worker
+    found = trials_of(url)
+    assert finished(url) == 3
+    joiners = {record.read(t).pid for t in found if t.state == TrialState.COMPLETE} - {frozen}
+    assert len(joiners) == 1
+    # The frozen trial went silent: the joined worker failed it and ran its retry.
+    assert next(t for t in found if t.number == caught.number).state == TrialState.FAIL
+    retries = [t for t in found if t.system_attrs.get("failed_trial") == caught.number]
+    assert len(retries) == 1 and retries[0].params == caught.params
 
 
 def test_studies_lists_what_a_storage_holds(demo_root: Path, tmp_path: Path) -> None:
@@ -313,14 +257,31 @@ def test_workers_per_gpu_packs_trials_round_robin(monkeypatch: pytest.MonkeyPatc
         plan_devices("cuda", 5, 2)
 
 
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-     ("gp", optuna.samplers.GPSampler)],
-)  # fmt: skip
-def test_samplers_from_study_file(name: str, kind: type) -> None:
-    sampler = make_sampler(SamplerConfig(name=name, seed=3), offset=1)  # type: ignore[arg-type]
-    assert isinstance(sampler, kind)
+@pytest.mark.parametrize("name", ["tpe", "random", "gp"])
+def test_parallel_workers_do_not_propose_alike(tmp_path: Path, name: str) -> None:
+    """Four workers, each with the study file's sampler seeded by its own index (as
+    `run_worker` does), ask for two trials each while none has finished: eight distinct
+    parameter sets. With one seed for all, each round would propose one set four times."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="alike", storage=open_storage(url))
+    cfg = SamplerConfig(name=name, seed=3)  # type: ignore[arg-type]
+    workers = [
+        optuna.load_study(
+            study_name="alike", storage=open_storage(url), sampler=make_sampler(cfg, i + 1)
+        )
+        for i in range(4)
+    ]
+    for _ in range(2):
+        for study in workers:
+            trial = study.ask()
+            trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            trial.suggest_int("filters", 8, 64)
+    asked = [tuple(sorted(t.params.items())) for t in workers[0].get_trials()]
+    assert len(asked) == 8 and len(set(asked)) == 8
+    if name == "tpe":
+        # Constant liar (no public attribute): running trials count as bad ones, so workers
+        # asking while others run do not all pile into the same promising corner.
+        assert workers[0].sampler._constant_liar is True  # type: ignore[attr-defined]
 
 
 def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:
@@ -355,3 +316,64 @@ def test_a_queued_trial_goes_to_exactly_one_worker_on_sqlite(tmp_path: Path) -> 
         assert len(set(numbers)) == 4, numbers  # four trials, none handed out twice
     fixed = [t for t in study.get_trials() if t.system_attrs.get("fixed_params")]
     assert len(fixed) == 3
+
+
+def test_device_names_are_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planning only (no CUDA call is made): two visible GPUs, 16 cores.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+    # cuda:1 means GPU 1 for `run` and `worker` alike (it used to become cuda:0 in one place).
+    assert plan_devices("cuda:1", 2, 2) == [("cuda:1", 8), ("cuda:1", 8)]
+    assert plan_devices("cuda:1", 1, 1) == [("cuda:1", 16)]
+    with pytest.raises(UserError, match="--workers 3 is more than 1 GPU"):
+        plan_devices("cuda:1", 3, 2)
+    with pytest.raises(UserError, match="cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+    for bad in ("gpu", "mps", "cuda:x", ""):
+        with pytest.raises(UserError, match="--device must be"):
+            resolve_device(bad)
+
+
+class RecordedProgress:
+    """A RunProgress that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.decoded: set[str] = set()
+        self.views = 0
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def decoding(self, split: str, done: int, total: int) -> None:
+        self.decoded.add(split)
+
+    def trials(self, found: list, budget: int) -> None:
+        self.views += 1
+
+
+def test_run_study_is_a_function_tests_can_call(demo_root: Path, tmp_path: Path) -> None:
+    spec = load_spec(str(write_study(tmp_path, n_trials=2)))
+    options = RunOptions(
+        storage=f"sqlite:///{tmp_path / 'study.db'}", artifacts=str(tmp_path / "a"),
+        data=demo_root, heartbeat_s=1,
+    )  # fmt: skip
+    progress = RecordedProgress()
+    outcome = run_study(spec, options, LaunchOptions(workers=1), progress)
+    assert outcome.budget_met and outcome.finished == 2 == outcome.budget
+    assert not outcome.interrupted and outcome.worker_exit_codes == (0,)
+    assert progress.decoded == {"train", "val"}  # the cache was built once, before the workers
+    assert any("2 trials to go with 1 worker(s)" in note for note in progress.notes)
+    again = run_study(spec, options, LaunchOptions(workers=1), RecordedProgress())
+    assert again.nothing_to_do and again.finished == 2
+    with pytest.raises(UserError, match="--workers"):
+        LaunchOptions(workers=0)

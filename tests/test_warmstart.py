@@ -9,11 +9,11 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
-from carbrand_search.search import space
-from carbrand_search.search.launcher import ensure_study
+from carbrand_search.search import record, space
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import open_storage
-from carbrand_search.search.warmstart import WARM_START_ATTR, enqueue_from
+from carbrand_search.search.study import budget, ensure_study
+from carbrand_search.search.warmstart import enqueue_from
 
 runner = CliRunner()
 
@@ -37,7 +37,7 @@ def test_new_study_queues_its_defaults_first(tmp_path: Path) -> None:
     ensure_study(spec, storage, None)  # loading it again queues nothing more
     [first] = study.get_trials()
     assert first.state == TrialState.WAITING
-    assert first.user_attrs[WARM_START_ATTR] == "defaults"
+    assert record.read(first).warm_start == "defaults"
     assert first.system_attrs["fixed_params"] == space.encode(spec.defaults())
 
 
@@ -55,7 +55,7 @@ def test_from_queues_exactly_top_k_that_fit_and_names_the_rest(tmp_path: Path) -
     assert all("train.lr" in why and "outside this space" in why for _, why in result.skipped)
     queued = target.get_trials()
     assert [t.system_attrs["fixed_params"]["train.lr"] for t in queued] == [4e-3, 3e-3]
-    assert [t.user_attrs[WARM_START_ATTR] for t in queued] == ["source trial 3", "source trial 4"]
+    assert [record.read(t).warm_start for t in queued] == ["source trial 3", "source trial 4"]
     again = enqueue_from(target, spec, source, source_spec, top=1)  # nothing queued twice
     assert again.enqueued == (1,)  # 2e-3: the best that fits and is not there yet
     assert (3, "already in this study") in again.skipped
@@ -87,7 +87,7 @@ def test_run_from_through_the_cli(demo_root: Path, tmp_path: Path) -> None:
     best = max(source.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value or 0)
     assert f"--from first: queued trials {best.number} as warm starts" in result.output
     trials = optuna.load_study(study_name="second", storage=open_storage(url)).get_trials()
-    assert [t.user_attrs.get(WARM_START_ATTR) for t in trials] == [
+    assert [record.read(t).warm_start for t in trials] == [
         "defaults",
         f"first trial {best.number}",
     ]
@@ -99,4 +99,4 @@ def test_run_from_through_the_cli(demo_root: Path, tmp_path: Path) -> None:
         missing.exit_code == 2 and "--from nope: no such study in this storage" in missing.output
     )
     study = optuna.load_study(study_name="second", storage=open_storage(url))
-    assert study.user_attrs["n_trials"] == 2  # refused before anything was stored
+    assert budget(study) == 2  # refused before anything was stored

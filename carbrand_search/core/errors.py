@@ -1,4 +1,5 @@
-"""The one exception type that reaches the user as a one-line message."""
+"""The one exception type that reaches the user as a one-line message, and how any error
+becomes one line."""
 
 
 class UserError(Exception):
@@ -7,3 +8,10 @@ class UserError(Exception):
     def __init__(self, message: str):
         # Messages quote user input (keys, file names), which may itself hold line breaks.
         super().__init__(" ".join(str(message).split("\n")).replace("\r", " "))
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message, at most `limit` characters; its type's name when
+    the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from carbrand_search.core.errors import UserError
+from carbrand_search.core.folders import refuse_non_empty
 
 BRANDS = (
     "Astra Motors", "Borealis", "Corvid", "Dorado Works", "Equinox", "Falcata", "Gryphon",
@@ -189,8 +190,7 @@ def write_demo(root: Path, spec: DemoSpec) -> tuple[dict[str, int], bool]:
     totals = {split: count * spec.classes for split, count in counts.items()}
     if marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
         return totals, False
-    if root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} is not empty; choose a new folder for the demo data")
+    refuse_non_empty(root, "demo data folder")
     rng = np.random.default_rng(spec.seed)
     for brand in range(spec.classes):
         for split, count in counts.items():

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.errors import UserError, first_line
 
 T = TypeVar("T")
 SPLITS = ("train", "val", "test")
@@ -134,7 +134,7 @@ def load_image(path: Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise BadImage(path, type(e).__name__ if not str(e) else str(e).splitlines()[0]) from e
+        raise BadImage(path, first_line(e)) from e
 
 
 def to_square(img: Image.Image, size: int, fit: str) -> Image.Image:
@@ -208,10 +208,20 @@ class SplitSummary:
         return min(counts) / max(counts) if counts else 0.0
 
 
-def cross_split_duplicates(tree: ImageTree) -> dict[str, int]:
-    """Files whose exact bytes also appear in an earlier split ('train/test' → count): leakage."""
+@dataclass(frozen=True)
+class Leak:
+    """`count` images of split `later` have the same bytes as images of split `earlier`."""
+
+    earlier: str
+    later: str
+    count: int
+
+
+def cross_split_duplicates(tree: ImageTree) -> list[Leak]:
+    """Files whose exact bytes also appear in an earlier split: evaluation would see training
+    images."""
     first_split: dict[str, str] = {}
-    leaks: dict[str, int] = {}
+    leaks: dict[tuple[str, str], int] = {}
     for split in tree.splits.values():
         for path in split.files:
             try:
@@ -221,9 +231,8 @@ def cross_split_duplicates(tree: ImageTree) -> dict[str, int]:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             earlier = first_split.setdefault(digest, split.name)
             if earlier != split.name:
-                key = f"{earlier}/{split.name}"
-                leaks[key] = leaks.get(key, 0) + 1
-    return leaks
+                leaks[earlier, split.name] = leaks.get((earlier, split.name), 0) + 1
+    return [Leak(earlier, later, count) for (earlier, later), count in leaks.items()]
 
 
 def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:
@@ -249,3 +258,18 @@ def inspect(tree: ImageTree, skip_bad: bool) -> dict[str, SplitSummary]:
             )
         summaries[split.name] = summary
     return summaries
+
+
+@dataclass(frozen=True)
+class DatasetCheck:
+    """What `data check` found: the tree, per-split summaries, leakage between splits."""
+
+    tree: ImageTree
+    summaries: dict[str, SplitSummary]
+    leaks: list[Leak]
+
+
+def check_dataset(folder: Path, skip_bad: bool) -> DatasetCheck:
+    """Validate a dataset: its layout, every image decoded, duplicates across splits."""
+    tree = scan(folder)
+    return DatasetCheck(tree, inspect(tree, skip_bad), cross_split_duplicates(tree))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from carbrand_search.core.errors import UserError
+from carbrand_search.core.folders import refuse_non_empty
 from carbrand_search.data.imagefolder import SPLITS, BadImage, load_image
 
 MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover", "Rolls-Royce")
@@ -40,9 +41,8 @@ def prepare_destination(src: Path, dst: Path, force: bool) -> None:
     src, dst = src.resolve(), dst.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise UserError(f"destination {dst} overlaps the source {src}; choose a separate folder")
-    if dst.exists() and any(dst.iterdir()):
-        if not force:
-            raise UserError(f"destination {dst} is not empty; pass --force to replace it")
+    refuse_non_empty(dst, "destination", force)
+    if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
 
@@ -76,7 +76,14 @@ def _share(n: int, fraction: float) -> int:
 
 
 def split_flat(
-    src: Path, dst: Path, val: float, test: float, seed: int, force: bool, min_per_class: int = 0
+    src: Path,
+    dst: Path,
+    *,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    force: bool = False,
+    min_per_class: int = 0,
 ) -> IngestReport:
     """Stratified, seeded split of one-folder-per-brand SRC into DST/train|val|test.
 
@@ -183,7 +190,14 @@ def _path_part(name: str, source: Path, what: str) -> str:
 
 
 def import_stanford_cars(
-    src: Path, dst: Path, min_per_class: int, crop: bool, val: float, seed: int, force: bool
+    src: Path,
+    dst: Path,
+    *,
+    min_per_class: int = 0,
+    crop: bool = False,
+    val: float = 0.15,
+    seed: int = 0,
+    force: bool = False,
 ) -> IngestReport:
     """Stanford Cars (devkit .mat files) → DST/train|val|test by make; val carved from train."""
     meta = _find(src, ["cars_meta.mat"])
@@ -261,7 +275,9 @@ def find_split_root(folder: Path, depth: int = 3) -> Path | None:
     return None
 
 
-def download_kaggle(dataset: str, dst: Path, force: bool, timeout_s: float = 10) -> IngestReport:
+def download_kaggle(
+    dataset: str, dst: Path, *, force: bool = False, timeout_s: float = 10
+) -> IngestReport:
     """Download a Kaggle dataset with kagglehub and link its train/val/test folders into DST."""
     if "/" not in dataset:
         raise UserError(f"Kaggle dataset {dataset!r}: expected OWNER/DATASET")

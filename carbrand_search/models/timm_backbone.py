@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,8 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
         except Exception as e:  # any failure to read or match the file is the file's fault
-            first_line = (
-                str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            )
             raise UserError(
-                f"model.weights: {path} does not load into {name}: {first_line}"
+                f"model.weights: {path} does not load into {name}: {first_line(e, 200)}"
             ) from e
     else:
         _check_download_possible(name)

@@ -5,15 +5,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 
+from carbrand_search.core.folders import refuse_non_empty
 from carbrand_search.reports.evaluate import evaluate_split, load_trial_model
 from carbrand_search.reports.report import md_escape, ranked_trials
+from carbrand_search.search import record
+from carbrand_search.search.storage import ArtifactStore
+from carbrand_search.search.study import trials
 
 
 def compare_rows(
-    studies: list[optuna.Study], artifacts: ArtifactStore, data: Path, cache: Path
+    studies: list[optuna.Study], *, artifacts: ArtifactStore, data: Path, cache: Path
 ) -> list[dict[str, Any]]:
     """Per study: its best trial's model, val/test accuracy, macro-F1, matrix pattern, trials."""
     rows = []
@@ -21,22 +24,37 @@ def compare_rows(
         best = ranked_trials(study)[0]
         tm = load_trial_model(study, best, artifacts)
         ev = evaluate_split(tm, data, cache)
-        trials = study.get_trials(deepcopy=False)
-        verdict = ev.verdict()
+        found = trials(study)
+        val = record.read(best).val or {}
         rows.append(
             {
                 "study": study.study_name,
                 "model": tm.config.model.name,
-                "val acc": round(
-                    float(best.user_attrs.get("val", {}).get("val_accuracy", 0.0)), 4
-                ),
+                "val acc": round(float(val.get("val_accuracy", 0.0)), 4),
                 "test acc": round(ev.accuracy, 4),
                 "macro-F1": round(ev.macro_f1, 4),
-                "confusion matrix": "collapsed" if verdict["collapsed"] else "no collapse",
-                "trials run": len(trials),
-                "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                "confusion matrix": "collapsed" if ev.verdict().collapsed else "no collapse",
+                "trials run": len(found),
+                "pruned": sum(t.state == TrialState.PRUNED for t in found),
             }
         )
+    return rows
+
+
+def compare_studies(
+    studies: list[optuna.Study],
+    *,
+    artifacts: ArtifactStore,
+    data: Path,
+    cache: Path,
+    out: Path,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """`compare_rows`, written to compare.json and compare.md in `out` (new or empty unless
+    `force`, checked before any study is evaluated)."""
+    refuse_non_empty(out, "output folder", force)
+    rows = compare_rows(studies, artifacts=artifacts, data=data, cache=cache)
+    write_compare(rows, out)
     return rows
 
 

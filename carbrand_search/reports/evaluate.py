@@ -3,13 +3,11 @@
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 import torch
 from optuna.artifacts import download_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 from safetensors import SafetensorError
@@ -19,16 +17,49 @@ from sklearn.metrics import precision_recall_fscore_support as prf
 from torch import nn
 
 from carbrand_search.core.config import RunConfig
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.data.cache import load_or_build
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.data.loader import DeviceSplit
-from carbrand_search.search import space
-from carbrand_search.search.launcher import stored_spec
+from carbrand_search.search import record, space
+from carbrand_search.search.storage import ArtifactStore
+from carbrand_search.search.study import stored_spec
 from carbrand_search.training.fit import predict
 from carbrand_search.training.run import augment_for, build_model
 
 COLLAPSE_SHARE = 0.5  # one brand taking half the predictions is a collapse at any class count
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One brand's scores on a split."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """A frequent mistake: `count` images of `true` predicted as `predicted`."""
+
+    true: str
+    predicted: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Collapsed or not, read from the confusion matrix."""
+
+    collapsed: bool  # one brand takes COLLAPSE_SHARE of the predictions or more
+    top_predicted_class: str
+    top_predicted_share: float
+    diagonal_share: float
+    times_chance: float  # diagonal share over 1 / brands
+    classes_predicted: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -47,8 +78,8 @@ def load_trial_model(
     """The model of `trial` from its stored params and checkpoint artifact; clear errors."""
     spec = stored_spec(study)
     config = spec.resolve(space.decode(spec, trial.params))
-    artifact_id = trial.user_attrs.get("checkpoint")
-    classes = tuple(trial.user_attrs.get("classes", ()))
+    stored = record.read(trial)
+    artifact_id, classes = stored.checkpoint, stored.classes
     if not artifact_id or not classes:
         raise UserError(f"trial {trial.number} of '{study.study_name}' has no checkpoint artifact")
     model = build_model(config, len(classes))
@@ -64,10 +95,9 @@ def load_trial_model(
             OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
             TypeError,
         ) as e:  # fmt: skip
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise UserError(
                 f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
-                f"({first})"
+                f"({first_line(e, 200)})"
             ) from e
     model.eval()
     return TrialModel(trial, config, classes, model)
@@ -98,31 +128,26 @@ class Evaluation:
     def confusion(self) -> np.ndarray:
         return confusion_matrix(self.labels, self.preds, labels=range(len(self.classes)))
 
-    def per_class(self) -> dict[str, dict[str, float]]:
+    def per_class(self) -> dict[str, ClassScores]:
         p, r, f, s = prf(self.labels, self.preds, labels=range(len(self.classes)), zero_division=0)
         return {
-            c: {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
-                "f1": float(f[i]),
-                "support": int(s[i]),
-            }
+            c: ClassScores(float(p[i]), float(r[i]), float(f[i]), int(s[i]))
             for i, c in enumerate(self.classes)
         }
 
-    def confused_pairs(self, top: int = 5) -> list[dict[str, Any]]:
+    def confused_pairs(self, top: int = 5) -> list[ConfusedPair]:
         """The most frequent (true, predicted) mistakes."""
         cm = self.confusion.copy()
         np.fill_diagonal(cm, 0)
         order = np.argsort(cm, axis=None)[::-1][:top]
         pairs = [np.unravel_index(i, cm.shape) for i in order]
         return [
-            {"true": self.classes[t], "predicted": self.classes[p], "count": int(cm[t, p])}
+            ConfusedPair(self.classes[t], self.classes[p], int(cm[t, p]))
             for t, p in pairs
             if cm[t, p] > 0
         ]
 
-    def verdict(self) -> dict[str, Any]:
+    def verdict(self) -> Verdict:
         """Collapsed (one brand dominates predictions) or not, and how far the diagonal is above
         guessing (1 / brands), from the matrix."""
         cm = self.confusion
@@ -145,19 +170,24 @@ class Evaluation:
                 f"predicted brand ('{self.classes[top]}') takes {share:.0%} of predictions; "
                 f"{used} of {len(self.classes)} brands predicted"
             )
-        return {
-            "collapsed": collapsed,
-            "top_predicted_class": self.classes[top],
-            "top_predicted_share": share,
-            "diagonal_share": diagonal,
-            "times_chance": diagonal / chance,
-            "classes_predicted": used,
-            "text": text,
-        }
+        return Verdict(
+            collapsed=collapsed,
+            top_predicted_class=self.classes[top],
+            top_predicted_share=share,
+            diagonal_share=diagonal,
+            times_chance=diagonal / chance,
+            classes_predicted=used,
+            text=text,
+        )
 
 
 def evaluate_split(
-    tm: TrialModel, data_root: Path, cache_root: Path, split: str = "test", skip_bad: bool = False
+    tm: TrialModel,
+    data_root: Path,
+    cache_root: Path,
+    *,
+    split: str = "test",
+    skip_bad: bool = False,
 ) -> Evaluation:
     """Predict every image of `split`; its classes must be the ones the model was trained on."""
     tree = scan(data_root)

@@ -4,13 +4,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
+from optuna.trial import FrozenTrial
 from PIL import Image
 
+from carbrand_search.core.errors import UserError
 from carbrand_search.data.imagefolder import BadImage, load_image, square_array
 from carbrand_search.reports.evaluate import TrialModel
 from carbrand_search.reports.gradcam import overlays
+from carbrand_search.reports.report import ranked_trials
+from carbrand_search.search.study import trials
 from carbrand_search.training.run import augment_for
+
+
+def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial `number` of `study`, or its best complete trial when None."""
+    if number is None:
+        return ranked_trials(study)[0]
+    by_number = {t.number: t for t in trials(study)}
+    if number not in by_number:
+        raise UserError(f"--trial {number}: no such trial in '{study.study_name}'")
+    return by_number[number]
 
 
 @dataclass(frozen=True)

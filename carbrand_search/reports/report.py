@@ -9,66 +9,131 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.artifacts import upload_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.core import plots
 from carbrand_search.core.errors import UserError
-from carbrand_search.core.metric import best_first
+from carbrand_search.core.folders import refuse_non_empty
 from carbrand_search.core.terminal import clean
 from carbrand_search.reports.evaluate import (
+    ClassScores,
+    ConfusedPair,
     Evaluation,
     TrialModel,
+    Verdict,
     evaluate_split,
     load_trial_model,
 )
 from carbrand_search.reports.gradcam import overlays
-from carbrand_search.search import space
-from carbrand_search.search.launcher import BUDGET_ATTR, stored_spec
-from carbrand_search.search.pruners import EPOCHS_ATTR
+from carbrand_search.search import record, space
+from carbrand_search.search.storage import ArtifactStore
+from carbrand_search.search.study import best_trials, budget, direction, stored_spec, trials
 from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
 
 
+@dataclass(frozen=True)
+class CollapseTally:
+    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
+
+    pruned: int
+    by_rule: dict[str, int]
+    epochs: list[int]
+    loss_ratio_mean: float | None
+
+
+@dataclass(frozen=True)
+class CamCounts:
+    """Test images behind the Grad-CAM grid."""
+
+    correct: int
+    wrong: int
+
+
+@dataclass(frozen=True)
+class TestSection:
+    """A trial's model on the test split."""
+
+    images: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]
+    most_confused: list[ConfusedPair]
+    verdict: Verdict
+    gradcam: CamCounts
+
+
+@dataclass(frozen=True)
+class TrialSection:
+    """One reported trial."""
+
+    number: int
+    value: float | None
+    model: str
+    params: dict[str, Any]
+    val: dict[str, float]
+    best_epoch: int | None
+    test: TestSection
+    images: dict[str, str]  # caption → path relative to the report
+
+
+@dataclass(frozen=True)
+class Report:
+    """report.json, and what report.md and report.html show."""
+
+    study: str
+    storage: str
+    direction: str
+    budget: int
+    states: dict[str, int]
+    collapse: CollapseTally
+    images: dict[str, str]
+    trials: list[TrialSection]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_json_default)
+
+
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials, best first; none is a clear error."""
-    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
+    ranked = best_trials(trials(study), direction(study))
+    if not ranked:
         raise UserError(f"study '{study.study_name}' has no complete trial to report on")
-    return best_first(done, study.direction.name.lower(), lambda t: t.value or 0.0)
+    return ranked
 
 
-def collapse_tally(trials: list[FrozenTrial]) -> dict[str, Any]:
+def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
     """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
-    reasons = [t.user_attrs["prune_reason"] for t in trials if "prune_reason" in t.user_attrs]
+    reasons = [r for t in found if (r := record.read(t).prune_reason) is not None]
     ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
-    return {
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "by_rule": dict(Counter(r["rule"] for r in reasons)),
-        "epochs": sorted(r["epoch"] for r in reasons),
-        "loss_ratio_mean": round(float(np.mean(ratios)), 4) if ratios else None,
-    }
+    return CollapseTally(
+        pruned=sum(t.state == TrialState.PRUNED for t in found),
+        by_rule=dict(Counter(r["rule"] for r in reasons)),
+        epochs=sorted(r["epoch"] for r in reasons),
+        loss_ratio_mean=round(float(np.mean(ratios)), 4) if ratios else None,
+    )
 
 
-def _study_views(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> dict[str, str]:
+def _study_views(study: optuna.Study, found: list[FrozenTrial], out: Path) -> dict[str, str]:
     images: dict[str, str] = {}
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in found if t.state == TrialState.COMPLETE and t.value is not None]
     plots.history_png(
         [t.number for t in done],
         [float(t.value or 0) for t in done],
-        maximize,
+        direction(study) == "maximize",
         out / "history.png",
     )
     images["optimization history"] = "history.png"
-    states = Counter(t.state.name.lower() for t in trials)
+    states = Counter(t.state.name.lower() for t in found)
     plots.bars_png(dict(states), "trial states", out / "states.png")
     images["trial states"] = "states.png"
     if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
@@ -85,7 +150,7 @@ def _spread(indices: np.ndarray) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, CAM_SAMPLES).astype(int)]
 
 
-def _cam_grid(tm: TrialModel, ev: Evaluation, folder: Path) -> dict[str, int]:
+def _cam_grid(tm: TrialModel, ev: Evaluation, folder: Path) -> CamCounts:
     correct = np.flatnonzero(ev.preds == ev.labels)
     wrong = np.flatnonzero(ev.preds != ev.labels)
     chosen = np.concatenate([_spread(correct), _spread(wrong)]).astype(int)
@@ -99,7 +164,7 @@ def _cam_grid(tm: TrialModel, ev: Evaluation, folder: Path) -> dict[str, int]:
         for i in chosen
     ]
     plots.grid_png(pictures, titles, folder / "gradcam.png")
-    return {"correct": len(correct), "wrong": len(wrong)}
+    return CamCounts(correct=len(correct), wrong=len(wrong))
 
 
 def _trial_section(
@@ -109,7 +174,7 @@ def _trial_section(
     data_root: Path,
     cache_root: Path,
     out: Path,
-) -> dict[str, Any]:
+) -> TrialSection:
     tm = load_trial_model(study, trial, artifacts)
     ev = evaluate_split(tm, data_root, cache_root)
     folder = out / f"trial-{trial.number}"
@@ -120,33 +185,33 @@ def _trial_section(
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *ev.classes])
         writer.writerows([c, *row] for c, row in zip(ev.classes, cm.tolist(), strict=True))
-    history = trial.user_attrs.get(EPOCHS_ATTR, [])
-    if history:
-        plots.curves_png(history, folder / "curves.png")
+    stored = record.read(trial)
+    if stored.epochs:
+        plots.curves_png(list(stored.epochs), folder / "curves.png")
     cams = _cam_grid(tm, ev, folder)
     spec = stored_spec(study)
     params = {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in space.decode(spec, trial.params).items()
     }
-    return {
-        "number": trial.number,
-        "value": trial.value,
-        "model": tm.config.model.name,
-        "params": params,
-        "val": trial.user_attrs.get("val", {}),
-        "best_epoch": trial.user_attrs.get("best_epoch"),
-        "test": {
-            "images": len(ev.labels),
-            "accuracy": ev.accuracy,
-            "macro_f1": ev.macro_f1,
-            "per_class": ev.per_class(),
-            "confusion_matrix": cm.tolist(),
-            "most_confused": ev.confused_pairs(),
-            "verdict": ev.verdict(),
-            "gradcam": cams,
-        },
-        "images": {
+    return TrialSection(
+        number=trial.number,
+        value=trial.value,
+        model=tm.config.model.name,
+        params=params,
+        val=stored.val or {},
+        best_epoch=stored.best_epoch,
+        test=TestSection(
+            images=len(ev.labels),
+            accuracy=ev.accuracy,
+            macro_f1=ev.macro_f1,
+            per_class=ev.per_class(),
+            confusion_matrix=cm.tolist(),
+            most_confused=ev.confused_pairs(),
+            verdict=ev.verdict(),
+            gradcam=cams,
+        ),
+        images={
             name: f"trial-{trial.number}/{file}"
             for name, file in (
                 ("confusion matrix", "confusion.png"),
@@ -155,49 +220,48 @@ def _trial_section(
             )
             if (folder / file).exists()
         },
-    }
+    )
 
 
 def build_report(
     study: optuna.Study,
+    *,
     artifacts: ArtifactStore,
     data_root: Path,
     cache_root: Path,
     out: Path,
-    top: int,
-    force: bool,
-    storage: optuna.storages.BaseStorage,
+    top: int = 1,
+    force: bool = False,
     storage_label: str,
-) -> dict[str, Any]:
+) -> Report:
     """Write report.json/.md/.html (+ images) to `out`; nothing is overwritten without `force`."""
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"output folder {out} is not empty; pass --force to replace it")
+    refuse_non_empty(out, "output folder", force)
     ranked = ranked_trials(study)
-    trials = study.get_trials()
+    found = study.get_trials()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         work = Path(tmp)
-        report: dict[str, Any] = {
-            "study": study.study_name,
-            "storage": storage_label,
-            "direction": study.direction.name.lower(),
-            "budget": study.user_attrs.get(BUDGET_ATTR),
-            "states": dict(Counter(t.state.name.lower() for t in trials)),
-            "collapse": collapse_tally(trials),
-            "images": _study_views(study, trials, work),
-            "trials": [
+        report = Report(
+            study=study.study_name,
+            storage=storage_label,
+            direction=direction(study),
+            budget=budget(study, default=len(found)),
+            states=dict(Counter(t.state.name.lower() for t in found)),
+            collapse=collapse_tally(found),
+            images=_study_views(study, found, work),
+            trials=[
                 _trial_section(study, t, artifacts, data_root, cache_root, work)
                 for t in ranked[:top]
             ],
-        }
-        (work / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        )
+        (work / "report.json").write_text(report.to_json())
         (work / "report.md").write_text(to_markdown(report))
         (work / "report.html").write_text(to_html(report, work))
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(work, out)
         out.chmod(0o755)  # the temporary folder was private
-    _upload(study, storage, artifacts, out, report["trials"][0])
+    _upload(study, artifacts, out, report.trials[0])
     return report
 
 
@@ -208,11 +272,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _upload(
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    artifacts: ArtifactStore,
-    out: Path,
-    section: dict[str, Any],
+    study: optuna.Study, artifacts: ArtifactStore, out: Path, section: TrialSection
 ) -> None:
     """Attach the report and the best trial's test pictures to the study (dashboard study view).
 
@@ -220,15 +280,12 @@ def _upload(
     pictures while it ran.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        for path in [out / "report.html", *(out / rel for rel in section["images"].values())]:
-            named = Path(tmp) / f"trial-{section['number']}-test-{path.name}"
+        for path in [out / "report.html", *(out / rel for rel in section.images.values())]:
+            named = Path(tmp) / f"trial-{section.number}-test-{path.name}"
             if path.name == "report.html":
                 named = Path(tmp) / "report.html"
             shutil.copy(path, named)
-            upload_artifact(
-                artifact_store=artifacts, file_path=str(named), study_or_trial=study,
-                storage=storage,
-            )  # fmt: skip
+            upload_artifact(artifact_store=artifacts, file_path=str(named), study_or_trial=study)
 
 
 def _fmt(value: Any) -> str:
@@ -237,39 +294,35 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _summary_lines(report: dict[str, Any]) -> list[str]:
-    c = report["collapse"]
-    rules = ", ".join(f"{k}: {v}" for k, v in c["by_rule"].items()) or "none"
-    lines = [
-        f"Trials: {', '.join(f'{k} {v}' for k, v in report['states'].items())} "
-        f"(budget {report['budget']}).",
-        f"Pruned: {c['pruned']} (rules: {rules}; at epochs {c['epochs'] or '—'}; "
-        f"mean val loss / ln(classes) at pruning {_fmt(c['loss_ratio_mean'])}).",
-    ]
-    return lines
-
-
-def _trial_lines(t: dict[str, Any]) -> list[str]:
-    test = t["test"]
-    pairs = "; ".join(
-        f"{p['true']} → {p['predicted']} ({p['count']})" for p in test["most_confused"]
-    )
+def _summary_lines(report: Report) -> list[str]:
+    c = report.collapse
+    rules = ", ".join(f"{k}: {v}" for k, v in c.by_rule.items()) or "none"
     return [
-        f"Model {t['model']}, objective {_fmt(t['value'])} (best epoch {t['best_epoch']}).",
-        f"Parameters: {', '.join(f'{k}={_fmt(v)}' for k, v in t['params'].items())}.",
-        f"Test split ({test['images']} images): accuracy {test['accuracy']:.4f}, "
-        f"macro-F1 {test['macro_f1']:.4f}.",
-        f"Verdict: {test['verdict']['text']}.",
+        f"Trials: {', '.join(f'{k} {v}' for k, v in report.states.items())} "
+        f"(budget {report.budget}).",
+        f"Pruned: {c.pruned} (rules: {rules}; at epochs {c.epochs or '—'}; "
+        f"mean val loss / ln(classes) at pruning {_fmt(c.loss_ratio_mean)}).",
+    ]
+
+
+def _trial_lines(t: TrialSection) -> list[str]:
+    test = t.test
+    pairs = "; ".join(f"{p.true} → {p.predicted} ({p.count})" for p in test.most_confused)
+    return [
+        f"Model {t.model}, objective {_fmt(t.value)} (best epoch {t.best_epoch}).",
+        f"Parameters: {', '.join(f'{k}={_fmt(v)}' for k, v in t.params.items())}.",
+        f"Test split ({test.images} images): accuracy {test.accuracy:.4f}, "
+        f"macro-F1 {test.macro_f1:.4f}.",
+        f"Verdict: {test.verdict.text}.",
         f"Most confused: {pairs or 'none'}.",
-        f"Grad-CAM on the test split: {test['gradcam']['correct']} correct, "
-        f"{test['gradcam']['wrong']} wrong.",
+        f"Grad-CAM on the test split: {test.gradcam.correct} correct, {test.gradcam.wrong} wrong.",
     ]
 
 
-def _per_class_rows(t: dict[str, Any]) -> list[list[str]]:
+def _per_class_rows(t: TrialSection) -> list[list[str]]:
     return [
-        [c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
-        for c, m in t["test"]["per_class"].items()
+        [c, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", str(m.support)]
+        for c, m in t.test.per_class.items()
     ]
 
 
@@ -285,16 +338,16 @@ def md_escape(text: str) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean(text), quote=False))
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+def to_markdown(report: Report) -> str:
     """report.md, with the images beside it."""
     esc = md_escape
-    out = [f"# Study {esc(report['study'])}", "", *map(esc, _summary_lines(report)), ""]
-    out += [f"![{esc(name)}]({path})" for name, path in report["images"].items()]
-    for t in report["trials"]:
-        out += ["", f"## Trial {t['number']}", "", *map(esc, _trial_lines(t)), ""]
+    out = [f"# Study {esc(report.study)}", "", *map(esc, _summary_lines(report)), ""]
+    out += [f"![{esc(name)}]({path})" for name, path in report.images.items()]
+    for t in report.trials:
+        out += ["", f"## Trial {t.number}", "", *map(esc, _trial_lines(t)), ""]
         out += ["| " + " | ".join(PER_CLASS_HEAD) + " |", "|" + "---|" * len(PER_CLASS_HEAD)]
         out += ["| " + " | ".join(map(esc, row)) + " |" for row in _per_class_rows(t)]
-        out += ["", *(f"![{esc(name)}]({path})" for name, path in t["images"].items())]
+        out += ["", *(f"![{esc(name)}]({path})" for name, path in t.images.items())]
     return "\n".join(out) + "\n"
 
 
@@ -305,18 +358,18 @@ def _img(folder: Path, rel: str, alt: str) -> str:
     return f"<figure>{image}<figcaption>{alt}</figcaption></figure>"
 
 
-def to_html(report: dict[str, Any], folder: Path) -> str:
+def to_html(report: Report, folder: Path) -> str:
     """A self-contained report.html: every image embedded, opens offline."""
 
     def esc(text: str) -> str:
         return html.escape(clean(text))
 
-    body = [f"<h1>Study {esc(report['study'])}</h1>"]
+    body = [f"<h1>Study {esc(report.study)}</h1>"]
     body += [f"<p>{esc(line)}</p>" for line in _summary_lines(report)]
-    body += [_img(folder, path, name) for name, path in report["images"].items()]
-    for t in report["trials"]:
+    body += [_img(folder, path, name) for name, path in report.images.items()]
+    for t in report.trials:
         body += [
-            f"<h2>Trial {t['number']}</h2>",
+            f"<h2>Trial {t.number}</h2>",
             *(f"<p>{esc(line)}</p>" for line in _trial_lines(t)),
         ]
         head = "".join(f"<th>{h}</th>" for h in PER_CLASS_HEAD)
@@ -325,13 +378,13 @@ def to_html(report: dict[str, Any], folder: Path) -> str:
             for row in _per_class_rows(t)
         )
         body.append(f"<table><tr>{head}</tr>{rows}</table>")
-        body += [_img(folder, path, name) for name, path in t["images"].items()]
+        body += [_img(folder, path, name) for name, path in t.images.items()]
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:2px 8px;text-align:right}td:first-child{text-align:left}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(report['study'])}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(report.study)}</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )

@@ -7,29 +7,23 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import upload_artifact
-from optuna.artifacts._protocol import ArtifactStore
-from optuna.trial import TrialState
 from safetensors.torch import save_file
 from sklearn.metrics import confusion_matrix
 from torch import Tensor
 
 from carbrand_search.core import plots
-from carbrand_search.search import space
-from carbrand_search.search.pruners import EPOCHS_ATTR, collapse_reason
+from carbrand_search.core.errors import first_line
+from carbrand_search.search import record, space
+from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.spec import StudySpec
+from carbrand_search.search.storage import ArtifactStore
+from carbrand_search.search.study import held, trials
 from carbrand_search.training.fit import EpochMetrics, predict
 from carbrand_search.training.run import TrainingData, augment_for, train_config
-
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
 class BudgetReached(Exception):
     """Other workers already hold every remaining trial of the budget."""
-
-
-def trials_taken(study: optuna.Study) -> int:
-    """Trials that use up budget: finished, pruned, running or queued (failed ones do not)."""
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 @dataclass
@@ -38,17 +32,17 @@ class TrialListener:
 
     trial: optuna.Trial
     spec: StudySpec
-    epochs: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[record.EpochRecord] = field(default_factory=list)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        self.trial.set_user_attr("epoch", epoch)
+        record.epoch_started(self.trial, epoch)
 
     def batch_end(self, loss: Tensor) -> None:
         pass  # per-epoch reporting only: reading a batch loss would stall the GPU
 
     def epoch_end(self, metrics: EpochMetrics) -> None:
         self.epochs.append(metrics.to_dict())
-        self.trial.set_user_attr(EPOCHS_ATTR, self.epochs)
+        record.epochs_done(self.trial, self.epochs)
         value = metrics.value(self.spec.base.train.monitor)
         if math.isfinite(value):
             self.trial.report(value, metrics.epoch)
@@ -58,7 +52,7 @@ class TrialListener:
                 "epoch": metrics.epoch,
                 "loss_ratio": round(metrics.loss_ratio, 4),
             }
-            self.trial.set_user_attr("prune_reason", reason)
+            record.pruned(self.trial, reason)
             raise optuna.TrialPruned(f"{reason['rule']} at epoch {metrics.epoch}")
 
 
@@ -78,8 +72,7 @@ class Objective:
         except (optuna.TrialPruned, BudgetReached):
             raise
         except Exception as e:  # recorded on the trial for `status` and the failure guard
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {first}")
+            record.failed(trial, f"{type(e).__name__}: {first_line(e)}")
             raise
 
     def _upload(self, path: Path, trial: optuna.Trial) -> str:
@@ -91,11 +84,10 @@ class Objective:
             raise OSError(f"cannot write {path.name} to the artifact store: {e}") from e
 
     def _run(self, trial: optuna.Trial) -> float:
-        taken = trial.study.get_trials(deepcopy=False, states=COUNTED)
-        if sum(1 for t in taken if t.number < trial.number) >= self.budget:
-            trial.set_user_attr("surplus", True)
+        if held(trials(trial.study), before=trial.number) >= self.budget:
+            record.surplus(trial)
             raise BudgetReached
-        trial.set_user_attr("worker", self.worker)
+        record.started(trial, self.worker)
         config = self.spec.resolve(space.sample(trial, self.spec))
         model, result = train_config(config, self.data, TrialListener(trial, self.spec))
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,8 +105,11 @@ class Objective:
                 plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
             ):
                 self._upload(picture, trial)
-        trial.set_user_attr("checkpoint", artifact_id)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("val", result.best.to_dict())
-        trial.set_user_attr("classes", list(self.data.tree.classes))
+        record.completed(
+            trial,
+            checkpoint=artifact_id,
+            best_epoch=result.best_epoch,
+            val=result.best.to_dict(),
+            classes=self.data.tree.classes,
+        )
         return result.best.value(self.spec.base.train.monitor)

@@ -1,7 +1,7 @@
 """The collapse pruner: stop trials whose predictions collapsed, that learned nothing, or diverged.
 
-It reads the per-epoch collapse signals the objective stores in the trial's user attributes
-(`epochs`: a list of {"top_class_share", "loss_ratio", "val_loss", ...}) and runs before
+It reads the per-epoch collapse signals the objective stores in the trial record (a list of
+{"top_class_share", "loss_ratio", "val_loss", ...}) and runs before
 Optuna's median, successive-halving or Hyperband pruner: either may prune. With Hyperband the
 study's pruner is a `HyperbandPruner` subclass, so TPE sees the brackets and samples each from
 its own bracket's trials.
@@ -9,20 +9,18 @@ its own bracket's trials.
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial
 
 from carbrand_search.core.config import PrunerConfig
-
-EPOCHS_ATTR = "epochs"
+from carbrand_search.search import record
 
 
 def collapse_reason(
-    cfg: PrunerConfig, epochs: Sequence[Mapping[str, Any]]
-) -> dict[str, Any] | None:
+    cfg: PrunerConfig, epochs: Sequence[Mapping[str, float]]
+) -> record.PruneReason | None:
     """Why a trial with these per-epoch metrics should stop, or None; pure, no Optuna."""
     if not epochs:
         return None
@@ -53,7 +51,7 @@ def collapse_reason(
 
 
 def _collapsed(cfg: PrunerConfig, trial: FrozenTrial) -> bool:
-    return collapse_reason(cfg, trial.user_attrs.get(EPOCHS_ATTR, [])) is not None
+    return collapse_reason(cfg, record.epochs(trial)) is not None
 
 
 class CollapsePruner(BasePruner):

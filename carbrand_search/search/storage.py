@@ -1,4 +1,6 @@
-"""Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry."""
+"""Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry;
+artifact store root → Optuna artifact store. The one module that names Optuna's private
+`ArtifactStore` protocol (it has no public name); everyone else imports it from here."""
 
 import contextlib
 import re
@@ -10,19 +12,16 @@ from typing import Any, BinaryIO
 import optuna
 import sqlalchemy
 from optuna.artifacts import Backoff, Boto3ArtifactStore, FileSystemArtifactStore
-from optuna.artifacts._protocol import ArtifactStore
+from optuna.artifacts._protocol import ArtifactStore as ArtifactStore  # no public name
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.errors import UserError, first_line
 
 # Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-DEFAULT_STORAGE = "sqlite:///carbrand-search.db"
-DEFAULT_ARTIFACTS = "artifacts"
-HEARTBEAT_S = 15
 GRACE_FACTOR = 4  # a trial silent for this many heartbeats is failed and retried
 MAX_RETRY = 3
 POOL_RECYCLE_S = 1800
@@ -125,10 +124,9 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
     try:
         storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # Driver messages may quote the URL they were given, password and all.
-        first = first.replace(url, mask(url))
-        raise UserError(f"storage {mask(url)}: cannot open: {first[:300]}") from e
+        first = first_line(e).replace(url, mask(url))
+        raise UserError(f"storage {mask(url)}: cannot open: {first}") from e
     if url.startswith("sqlite"):
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin_immediate)

@@ -1,28 +1,16 @@
-"""Warm start: a new study's first trial is its defaults; `run --from` enqueues another
-study's best parameter sets that this study's space can produce."""
+"""Warm start from another study: `run --from` enqueues its best parameter sets that this
+study's space can produce (a new study's own first trial, its defaults, is queued by
+`study.ensure_study`)."""
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search.core import metric
 from carbrand_search.core.errors import UserError
-from carbrand_search.search import space
+from carbrand_search.search import record, space
 from carbrand_search.search.spec import StudySpec
-
-WARM_START_ATTR = "warm_start"
-
-
-def enqueue_defaults(study: optuna.Study, spec: StudySpec) -> None:
-    """Queue the study file's defaults (the seed's recipe) as the study's first trial."""
-    study.enqueue_trial(
-        space.encode(spec.defaults()),
-        user_attrs={WARM_START_ATTR: "defaults"},
-        skip_if_exists=True,
-    )
+from carbrand_search.search.study import best_trials
 
 
 @dataclass(frozen=True)
@@ -56,12 +44,6 @@ def _params_held(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
-def best_trials(trials: Sequence[FrozenTrial], direction: metric.Direction) -> list[FrozenTrial]:
-    """Complete trials, best first."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return metric.best_first(done, direction, lambda t: t.value or 0.0)
-
-
 def enqueue_from(
     study: optuna.Study,
     spec: StudySpec,
@@ -88,7 +70,7 @@ def enqueue_from(
             continue
         held.append(params)
         study.enqueue_trial(
-            params, user_attrs={WARM_START_ATTR: f"{source.study_name} trial {trial.number}"}
+            params, user_attrs=record.warm_start(f"{source.study_name} trial {trial.number}")
         )
         enqueued.append(trial.number)
     return WarmStart(tuple(enqueued), tuple(skipped))

@@ -4,9 +4,9 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -72,15 +72,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
-    return torch.device(name)
-
-
 # timm's optimizer names; "sgd" there means Nesterov momentum.
 _TIMM_OPTIMIZERS = {"adamw": "adamw", "adam": "adam", "rmsprop": "rmsprop"}
 
@@ -103,7 +94,7 @@ class LRSchedule:
         total = cfg.epochs * steps_per_epoch
         warmup = cfg.warmup_epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler
-        self.per_batch: Any = None
+        self.per_batch: sched.LRScheduler | None = None
         self.plateau: sched.ReduceLROnPlateau | None = None
         self.mode: Literal["min", "max"] = (
             "min" if metric.direction(cfg.monitor) == "minimize" else "max"
@@ -158,7 +149,7 @@ def _set_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
-def _autocast(device: torch.device, enabled: bool) -> Any:
+def _autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()

@@ -12,7 +12,7 @@ from torch import nn
 
 from carbrand_search import models
 from carbrand_search.core.config import DataConfig, RunConfig
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.folders import refuse_non_empty
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.cache import CachedSplit, load_or_build
 from carbrand_search.data.imagefolder import ImageTree, scan
@@ -38,7 +38,7 @@ def load_split(
     split: str,
     cfg: DataConfig,
     cache_root: Path,
-    skip_bad: bool,
+    skip_bad: bool = False,
     on_progress: CacheProgress | None = None,
 ) -> CachedSplit:
     """One split from the decode-once cache (built on first use)."""
@@ -57,6 +57,7 @@ def load_training_data(
     cfg: DataConfig,
     cache_root: Path,
     device: torch.device,
+    *,
     skip_bad: bool = False,
     on_progress: CacheProgress | None = None,
 ) -> TrainingData:
@@ -105,8 +106,7 @@ def train_config(
 
 def prepare_out_dir(out: Path) -> None:
     """Create `out`; refuse a non-empty one so nothing stored earlier is overwritten."""
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} is not empty; choose another --out")
+    refuse_non_empty(out, "output folder")
     out.mkdir(parents=True, exist_ok=True)
 
 

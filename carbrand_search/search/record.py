@@ -1,0 +1,116 @@
+"""The trial record: what a trial stores in its Optuna user attributes, written and read here only.
+
+Every attribute name is in this module and nowhere else; the rest of the package writes through
+the functions below and reads a typed `TrialRecord`, so a renamed key is a type error, not a
+silently empty column.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+EpochRecord = dict[str, float]  # one epoch's metrics, as `EpochMetrics.to_dict()` gives them
+PruneReason = dict[str, Any]  # {"rule": "one-class", "epoch": 4, …}: why a trial was pruned
+
+_WORKER = "worker"  # host:pid of the process running the trial
+_EPOCH = "epoch"  # the epoch running now
+_EPOCHS = "epochs"  # every finished epoch's metrics
+_CHECKPOINT = "checkpoint"  # artifact id of the best epoch's weights
+_CLASSES = "classes"  # class names, in label order
+_VAL = "val"  # the best epoch's metrics
+_BEST_EPOCH = "best_epoch"
+_PRUNE_REASON = "prune_reason"
+_FAIL_REASON = "fail_reason"
+_SURPLUS = "surplus"  # started after the budget was already held by others
+_WARM_START = "warm_start"  # where an enqueued parameter set came from
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What carbrand-search stored on one trial (fields absent on the trial are empty)."""
+
+    worker: str | None = None
+    epoch: int | None = None
+    epochs: tuple[EpochRecord, ...] = ()
+    checkpoint: str | None = None
+    classes: tuple[str, ...] = ()
+    val: EpochRecord | None = None
+    best_epoch: int | None = None
+    prune_reason: PruneReason | None = None
+    fail_reason: str | None = None
+    surplus: bool = False
+    warm_start: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id on its host."""
+        return int(self.worker.rsplit(":", 1)[1]) if self.worker else None
+
+
+def read(trial: FrozenTrial) -> TrialRecord:
+    """The record of `trial`."""
+    attrs = trial.user_attrs
+    return TrialRecord(
+        worker=attrs.get(_WORKER),
+        epoch=attrs.get(_EPOCH),
+        epochs=tuple(attrs.get(_EPOCHS, ())),
+        checkpoint=attrs.get(_CHECKPOINT),
+        classes=tuple(attrs.get(_CLASSES, ())),
+        val=attrs.get(_VAL),
+        best_epoch=attrs.get(_BEST_EPOCH),
+        prune_reason=attrs.get(_PRUNE_REASON),
+        fail_reason=attrs.get(_FAIL_REASON),
+        surplus=bool(attrs.get(_SURPLUS, False)),
+        warm_start=attrs.get(_WARM_START),
+    )
+
+
+def epochs(trial: FrozenTrial) -> tuple[EpochRecord, ...]:
+    """Just the per-epoch metrics (what the pruners read at every epoch)."""
+    return tuple(trial.user_attrs.get(_EPOCHS, ()))
+
+
+def started(trial: optuna.Trial, worker: str) -> None:
+    trial.set_user_attr(_WORKER, worker)
+
+
+def epoch_started(trial: optuna.Trial, epoch: int) -> None:
+    trial.set_user_attr(_EPOCH, epoch)
+
+
+def epochs_done(trial: optuna.Trial, history: list[EpochRecord]) -> None:
+    trial.set_user_attr(_EPOCHS, history)
+
+
+def pruned(trial: optuna.Trial, reason: PruneReason) -> None:
+    trial.set_user_attr(_PRUNE_REASON, reason)
+
+
+def failed(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr(_FAIL_REASON, reason)
+
+
+def surplus(trial: optuna.Trial) -> None:
+    trial.set_user_attr(_SURPLUS, True)
+
+
+def completed(
+    trial: optuna.Trial,
+    *,
+    checkpoint: str,
+    best_epoch: int,
+    val: EpochRecord,
+    classes: tuple[str, ...],
+) -> None:
+    """What a complete trial leaves for reports and predictions."""
+    trial.set_user_attr(_CHECKPOINT, checkpoint)
+    trial.set_user_attr(_BEST_EPOCH, best_epoch)
+    trial.set_user_attr(_VAL, val)
+    trial.set_user_attr(_CLASSES, list(classes))
+
+
+def warm_start(origin: str) -> dict[str, str]:
+    """User attributes for `enqueue_trial`: where the queued parameter set came from."""
+    return {_WARM_START: origin}

@@ -1,0 +1,240 @@
+"""Run a study end to end: check everything before the storage is touched, create or resume the
+study, start the workers, watch them until the budget is met or the run is stopped, stop them.
+
+`run` and `worker` call `run_study` and `join_study`; tests call them without a subprocess. What
+happens along the way goes to a `RunProgress`, which the CLI draws with rich.
+"""
+
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from carbrand_search.core import defaults
+from carbrand_search.core.errors import UserError
+from carbrand_search.data.cache import default_cache_root
+from carbrand_search.data.imagefolder import scan
+from carbrand_search.search.launcher import plan_devices, start_workers, stop_workers
+from carbrand_search.search.spec import StudySpec
+from carbrand_search.search.storage import artifact_store, mask, open_storage
+from carbrand_search.search.study import budget, ensure_study, finished, stored_spec, trials
+from carbrand_search.search.warmstart import enqueue_from
+from carbrand_search.search.worker import WorkerPlan, run_worker
+from carbrand_search.training.run import build_model, load_split
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a study runs and with what: the options `run` and `worker` share."""
+
+    storage: str = defaults.STORAGE
+    artifacts: str = defaults.ARTIFACTS
+    data: Path = defaults.DATA
+    cache: Path | None = None  # None: the default cache root
+    device: str = "auto"
+    heartbeat_s: int = defaults.HEARTBEAT_S
+    skip_bad: bool = False
+
+    @property
+    def cache_root(self) -> Path:
+        return self.cache or default_cache_root()
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What only `run` decides: how many workers, the budget, a warm start."""
+
+    workers: int = 1
+    workers_per_gpu: int = 1
+    n_trials: int | None = None  # None: the stored budget, or the study file's
+    warm_from: str | None = None  # another study in the same storage
+    warm_top: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.workers_per_gpu < 1 or self.warm_top < 1:
+            raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
+
+
+class RunProgress(Protocol):
+    """Receives what a run does, as it does it."""
+
+    def note(self, text: str) -> None:
+        """A line worth showing (what will run, what was queued)."""
+
+    def warning(self, text: str) -> None:
+        """Something the user should reconsider; the run goes on."""
+
+    def decoding(self, split: str, done: int, total: int) -> None:
+        """The image cache of `split` is being built."""
+
+    def trials(self, found: Sequence[FrozenTrial], budget: int) -> None:
+        """The study's trials and its budget, about once a second while workers run."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended."""
+
+    study: str
+    budget: int
+    finished: int
+    direction: str
+    trials: tuple[FrozenTrial, ...] = ()
+    worker_exit_codes: tuple[int, ...] = ()
+    interrupted: bool = False
+    nothing_to_do: bool = False  # the budget was already met when the run began
+
+    @property
+    def budget_met(self) -> bool:
+        return self.finished >= self.budget
+
+    @property
+    def crashed(self) -> list[int]:
+        """Non-zero worker exit codes."""
+        return [code for code in self.worker_exit_codes if code]
+
+
+@dataclass
+class _Stop:
+    """SIGTERM (`kill`, `docker stop`) stops a run like Ctrl-C: workers are never orphaned."""
+
+    previous: Any = field(default=None)
+
+    def __enter__(self) -> "_Stop":
+        self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    @staticmethod
+    def _raise(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+
+def preflight(spec: StudySpec, options: RunOptions, progress: RunProgress) -> None:
+    """Everything that can be wrong before the storage is touched: the data, the model's
+    weights, the image cache (built here, once, for all workers), the artifact store."""
+    tree = scan(options.data)
+    build_model(spec.resolve(spec.defaults()), len(tree.classes))  # missing weights stop here
+    for split in ("train", "val"):
+        load_split(
+            tree, split, spec.base.data, options.cache_root, options.skip_bad, progress.decoding
+        )
+    artifact_store(options.artifacts)
+
+
+def run_study(
+    spec: StudySpec, options: RunOptions, launch: LaunchOptions, progress: RunProgress
+) -> RunOutcome:
+    """Create or resume the study of `spec` and run workers until its budget is met, the
+    workers stop, or the run is interrupted (Ctrl-C, SIGTERM); running trials of stopped
+    workers are marked FAIL, so a later run resumes them."""
+    devices = plan_devices(options.device, launch.workers, launch.workers_per_gpu)
+    cores = os.cpu_count() or 1
+    if devices[0][0] == "cpu" and launch.workers > cores:
+        progress.warning(
+            f"{launch.workers} workers on {cores} CPU cores compete for them (measured: 4 "
+            "workers on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)"
+        )
+    preflight(spec, options, progress)
+    store = open_storage(options.storage, options.heartbeat_s)
+    source = _source_study(launch.warm_from, store)
+    study = ensure_study(spec, store, launch.n_trials)
+    total = budget(study)
+    done = finished(trials(study))
+    if done >= total:
+        return RunOutcome(spec.name, total, done, spec.direction, nothing_to_do=True)
+    if source is not None:
+        _warm_start(study, spec, source, launch.warm_top, progress)
+    progress.note(
+        f"{spec.name}: {total - done} trials to go with {launch.workers} worker(s) on "
+        f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(options.storage)}"
+    )
+    plans = [
+        WorkerPlan(
+            study=spec.name,
+            storage=options.storage,
+            artifacts=options.artifacts,
+            data=options.data,
+            cache=options.cache_root,
+            device=device,
+            threads=threads,
+            index=i,
+            heartbeat_s=options.heartbeat_s,
+            skip_bad=options.skip_bad,
+        )
+        for i, (device, threads) in enumerate(devices)
+    ]
+    processes = start_workers(plans)
+    interrupted = False
+    with _Stop():
+        try:
+            while any(p.is_alive() for p in processes):
+                progress.trials(trials(study), total)
+                time.sleep(1)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stop_workers(processes, study)
+    found = trials(study)
+    return RunOutcome(
+        study=spec.name,
+        budget=total,
+        finished=finished(found),
+        direction=spec.direction,
+        trials=tuple(found),
+        worker_exit_codes=tuple(p.exitcode or 0 for p in processes),
+        interrupted=interrupted,
+    )
+
+
+def _source_study(name: str | None, store: optuna.storages.BaseStorage) -> optuna.Study | None:
+    if name is None:
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        raise UserError(f"--from {name}: no such study in this storage") from None
+
+
+def _warm_start(
+    study: optuna.Study, spec: StudySpec, source: optuna.Study, top: int, progress: RunProgress
+) -> None:
+    """`run --from`: queue the other study's best fitting parameter sets and say which."""
+    result = enqueue_from(study, spec, source, stored_spec(source), top)
+    for number, reason in result.skipped:
+        progress.note(f"--from {source.study_name}: skipped trial {number}: {reason}")
+    queued = ", ".join(str(n) for n in result.enqueued) or "none"
+    progress.note(f"--from {source.study_name}: queued trials {queued} as warm starts")
+
+
+def open_study(name: str, storage: str) -> optuna.Study:
+    """A study that must exist in `storage`; a clear error naming the studies there otherwise."""
+    store = open_storage(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise UserError(
+            f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
+        ) from None
+
+
+def join_study(name: str, options: RunOptions, threads: int | None = None) -> None:
+    """`worker`: run trials of an existing study in this process until its budget is met.
+    Raises WorkerStopped when its trials keep failing."""
+    open_study(name, options.storage)  # a missing study is a clear error, not a traceback
+    device = plan_devices(options.device, 1, 1)[0][0]
+    plan = WorkerPlan(
+        study=name, storage=options.storage, artifacts=options.artifacts, data=options.data,
+        cache=options.cache_root, device=device, threads=threads or os.cpu_count() or 1,
+        index=os.getpid(), heartbeat_s=options.heartbeat_s, skip_bad=options.skip_bad,
+    )  # fmt: skip
+    run_worker(plan)

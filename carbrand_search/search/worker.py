@@ -1,0 +1,161 @@
+"""One worker process: load the study, run trials until the budget is met, survive outages."""
+
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from carbrand_search.search import record
+from carbrand_search.search.objective import Objective
+from carbrand_search.search.pruners import make_pruner
+from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.search.study import (
+    budget,
+    finished,
+    held,
+    make_sampler,
+    stored_spec,
+    trials,
+)
+from carbrand_search.training.run import load_training_data
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything one worker process needs; plain values so it pickles under spawn."""
+
+    study: str
+    storage: str
+    artifacts: str
+    data: Path
+    cache: Path
+    device: str
+    threads: int
+    index: int  # offsets the sampler's seed: workers must not propose alike
+    heartbeat_s: int
+    skip_bad: bool = False
+
+
+def worker_label(pid: int | None = None) -> str:
+    """host:pid, as stored on each trial a worker runs."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def worker_main(plan: WorkerPlan) -> None:
+    """A spawned worker process: `run_worker`, with a stopped worker's cause on stderr and
+    exit code 3 for the `run` that started it."""
+    try:
+        run_worker(plan)
+    except WorkerStopped as e:
+        print(f"error: worker {worker_label()}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+
+
+def run_worker(plan: WorkerPlan) -> None:
+    """Run trials until the study's budget is finished. SIGTERM and Ctrl-C end the running
+    trial as FAIL and return; WorkerStopped when trials keep failing or the database stays
+    away."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt  # Optuna marks the running trial FAIL, then re-raises
+
+    signal.signal(signal.SIGTERM, interrupt)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` shows progress itself
+    torch.set_num_threads(plan.threads)
+    storage = open_storage(plan.storage, plan.heartbeat_s)
+    study = optuna.load_study(study_name=plan.study, storage=storage)
+    spec = stored_spec(study)
+    study.sampler = make_sampler(spec.sampler, plan.index + 1)
+    study.pruner = make_pruner(spec.pruner, spec.max_epochs)
+    total = budget(study)
+    data = load_training_data(
+        plan.data, spec.base.data, plan.cache, torch.device(plan.device), skip_bad=plan.skip_bad
+    )
+    objective = Objective(spec, data, artifact_store(plan.artifacts), total, worker_label())
+    reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
+    failures = FailureGuard()
+    outage = Backoff()
+    try:
+        while True:
+            try:
+                everything = trials(study)
+                if finished(everything) >= total:
+                    break
+                queued = any(t.state == TrialState.WAITING for t in everything)  # retries
+                if not queued and held(everything) >= total:
+                    if not reaps_stale:
+                        break
+                    # The last trials belong to others; wait in case one dies and is re-queued.
+                    time.sleep(2)
+                    optuna.storages.fail_stale_trials(study)
+                    continue
+                # Any exception fails just its trial (Optuna logs why); FailureGuard stops a
+                # worker whose trials keep failing, since that is a bug or a broken setup.
+                study.optimize(
+                    objective, n_trials=1, catch=(Exception,), callbacks=[failures],
+                    gc_after_trial=True,
+                )  # fmt: skip
+                outage.reset()
+            except sqlalchemy.exc.OperationalError as e:
+                # The database went away (restart, network): wait and retry; a trial cut off
+                # mid-way stays RUNNING until its heartbeat lapses, then is re-queued.
+                outage.wait(e)
+    except KeyboardInterrupt:
+        return
+    finally:
+        if reaps_stale:
+            storage.engine.dispose()  # type: ignore[attr-defined]
+
+
+class FailureGuard:
+    """Optuna callback: stop after `limit` failed trials in a row, saying why."""
+
+    def __init__(self, limit: int = 3):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        stored = record.read(trial)
+        if trial.state != TrialState.FAIL or stored.surplus:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            reason = stored.fail_reason or "unknown error"
+            raise WorkerStopped(
+                f"{self.limit} trials in a row failed; the last (trial {trial.number}): {reason}"
+            )
+
+
+class WorkerStopped(Exception):
+    """A worker gave up: its trials keep failing for the same reason."""
+
+
+class Backoff:
+    """Waits 1, 2, 4 … 30 s between retries while the database is unreachable; gives up after
+    `patience_s` without success."""
+
+    def __init__(self, patience_s: float = 300):
+        self.patience_s = patience_s
+        self.delay = 1.0
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        self.delay, self.since = 1.0, None
+
+    def wait(self, error: Exception) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > self.patience_s:
+            raise WorkerStopped(f"database unreachable for {self.patience_s:.0f}s: {error}")
+        time.sleep(self.delay)
+        self.delay = min(30.0, self.delay * 2)
