@@ -49,7 +49,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried(
     url = f"sqlite:///{tmp_path / 'study.db'}"
     if backend == "postgres":
         url, _ = request.getfixturevalue("pg")
-    study = write_study(tmp_path, n_trials=n_trials, epochs=10)
+    study = write_study(tmp_path, n_trials=n_trials, epochs=4)
     proc = start_run(study, url, demo_root, tmp_path / "a", workers)
     pid, victim = freeze_a_running_worker(url)  # so the trial is still running when it dies
     killed = time.monotonic()
@@ -91,7 +91,7 @@ def backends(database: str, terminate: bool) -> int:
 def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg) -> None:
     url, name = pg
     proc = start_run(
-        write_study(tmp_path, n_trials=4, epochs=8), url, demo_root, tmp_path / "a", 2
+        write_study(tmp_path, n_trials=4, epochs=4), url, demo_root, tmp_path / "a", 2
     )
     # With one worker stopped mid-trial the study cannot finish, so `run` and the other worker
     # keep using the database however fast they train.
@@ -129,12 +129,13 @@ def test_two_runs_at_once_respect_the_budget(demo_root: Path, tmp_path: Path) ->
 def test_unwritable_artifact_store_fails_trials_clearly(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     artifacts = tmp_path / "a"
-    study = write_study(tmp_path, n_trials=4, epochs=10)  # seconds per trial: time to act
+    study = write_study(tmp_path, n_trials=4, epochs=3)
     proc = start_run(study, url, demo_root, artifacts, 1)
-    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials_of(url)))
+    pid, _ = freeze_a_running_worker(url)  # so trials are left to fail, however fast they are
     # Root ignores permission bits, so "unwritable" is a plain file where the folder was.
     artifacts.rename(tmp_path / "a-kept")
     artifacts.write_text("not a folder")
+    os.kill(pid, signal.SIGCONT)
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 3, output  # stopped short of its budget: not the user's input
     assert "stopped short of its budget" in output

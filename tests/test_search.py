@@ -176,7 +176,7 @@ def test_signal_stops_run_cleanly_and_run_resumes(
     demo_root: Path, tmp_path: Path, stop: int
 ) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study_file = write_study(tmp_path, n_trials=3, epochs=12)
+    study_file = write_study(tmp_path, n_trials=3, epochs=4)
     args = ["run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2"]
     args += ["--artifacts", str(tmp_path / "a"), "--heartbeat", "1"]
     proc = start_cli(*args)
@@ -202,7 +202,7 @@ def test_signal_stops_run_cleanly_and_run_resumes(
 
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study_file = write_study(tmp_path, n_trials=3, epochs=6)
+    study_file = write_study(tmp_path, n_trials=3, epochs=3)
     common = ["--storage", url, "--data", str(demo_root), "--artifacts", str(tmp_path / "a")]
     run_proc = start_cli("run", str(study_file), "--workers", "1", "--heartbeat", "1", *common)
     # run's only worker, stopped mid-trial, can finish nothing: what finishes is the joiner's.
