@@ -182,9 +182,14 @@ def freeze_a_running_worker(url: str) -> tuple[int, FrozenTrial]:
 
     A stopped worker cannot finish its trial, so what a test does next does not depend on how
     fast the machine trains (on a GPU a tiny trial may end before a test can act on it)."""
+    deadline = time.monotonic() + 120
     while True:
-        wait_for(lambda: bool(running(url)))
-        seen = running(url)[0]
+        assert time.monotonic() < deadline, "no trial ran long enough to be caught"
+        found = running(url)
+        if not found:
+            time.sleep(0.1)
+            continue
+        seen = found[0]
         pid = record.read(seen).pid
         assert pid is not None
         try:
