@@ -51,10 +51,22 @@ def reports_errors(command: F) -> F:
 
 StudyArg = Annotated[str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP + ".")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting: key=value, e.g. train.epochs=2 (repeatable)."),
+]
 DataOpt = Annotated[
     Path,
     typer.Option(
         "--data", envvar="CARBRAND_DATA", help="ImageFolder root with train/ val/ test/."
+    ),
+]
+StoredDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        envvar="CARBRAND_DATA",
+        help="ImageFolder root with train/ val/ test/ (default: where the study's run read it).",
     ),
 ]
 CacheOpt = Annotated[
@@ -112,6 +124,8 @@ def check_and_print(folder: Path, skip_bad: bool) -> None:
         *(f"{s.max_size[0]}×{s.max_size[1]}" for s in summaries.values() if s.max_size),
     )
     console.print(table)
+    if clutter := checked.tree.clutter_line():
+        console.print(clutter)
     for s in summaries.values():
         for bad in s.bad:
             console.print(tagged("skipped:", "yellow", str(bad)))
@@ -156,6 +170,8 @@ def finish_ingest(report: "IngestReport", dst: Path) -> None:
         )
     for line in report.skipped:
         console.print(tagged("skipped:", "yellow", line))
+    if report.clutter:
+        console.print(f"skipped {report.clutter} file(s) that are not images in the source")
     check_and_print(dst, skip_bad=False)
 
 
@@ -220,9 +236,7 @@ def data_download(
 def train(
     study: StudyArg,
     data: DataOpt = defaults.DATA,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
-    ] = None,
+    overrides: SetOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/<study>/<time>).")
     ] = None,
@@ -263,6 +277,8 @@ def train(
         f"{len(loaded.train)} train / {len(loaded.val)} val images, device {torch_device}"
         + (f", {len(loaded.skipped)} bad files skipped" if loaded.skipped else "")
     )
+    if clutter := loaded.tree.clutter_line():
+        console.print(clutter)
     listener = RichTrainListener(console, config.train.monitor)
     _, result = train_config(config, loaded, listener)
     save_run(out, spec.text, config, loaded.tree.classes, result)
@@ -322,13 +338,15 @@ def run(
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="How many of --from's best trials to queue.")] = 3,
+    overrides: SetOpt = None,
 ) -> None:
-    """Create or resume a study; N parallel workers optimise it until its budget is met."""
+    """Create or resume a study; N parallel workers optimise it until its budget is met.
+    --set fixes a setting for every trial; it becomes part of the stored study."""
     from carbrand_search.progress import RichRunProgress, study_line
     from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
-    from carbrand_search.search.spec import load_spec
+    from carbrand_search.search.spec import load_spec, with_overrides
 
-    spec = load_spec(study)
+    spec = with_overrides(load_spec(study), overrides or [])
     options = RunOptions(
         storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
         heartbeat_s=heartbeat, skip_bad=skip_bad,
@@ -369,13 +387,14 @@ def create(
         int | None, typer.Option(help="Total trial budget (default: the study file's).")
     ] = None,
     storage: StorageOpt = defaults.STORAGE,
+    overrides: SetOpt = None,
 ) -> None:
     """Create a study (or check an existing one) without running trials; workers join later."""
-    from carbrand_search.search.spec import load_spec
+    from carbrand_search.search.spec import load_spec, with_overrides
     from carbrand_search.search.storage import mask, open_storage
     from carbrand_search.search.study import budget, ensure_study
 
-    spec = load_spec(study)
+    spec = with_overrides(load_spec(study), overrides or [])
     created = ensure_study(spec, open_storage(storage), n_trials)
     console.print(
         f"study '{spec.name}' ready in {mask(storage)}: budget {budget(created)} "
@@ -455,24 +474,25 @@ def report(
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     storage: StorageOpt = defaults.STORAGE,
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
-    data: DataOpt = defaults.DATA,
+    data: StoredDataOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Evaluate the best trial(s) on the test split; write report.html, report.md, report.json."""
     import time
 
-    from carbrand_search.data.cache import default_cache_root
     from carbrand_search.reports.report import build_report
     from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store, mask
+    from carbrand_search.search.study import image_source
 
     if top < 1:
         raise UserError("--top must be >= 1")
     start = time.perf_counter()
     folder = out or Path("reports") / study
+    optuna_study = open_study(study, storage)
     result = build_report(
-        open_study(study, storage), artifacts=artifact_store(artifacts), data_root=data,
-        cache_root=cache_dir or default_cache_root(), out=folder, top=top, force=force,
+        optuna_study, artifacts=artifact_store(artifacts),
+        images=image_source(optuna_study, data, cache_dir), out=folder, top=top, force=force,
         storage_label=mask(storage),
     )  # fmt: skip
     best = result.trials[0]
@@ -493,18 +513,17 @@ def compare(
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     storage: StorageOpt = defaults.STORAGE,
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
-    data: DataOpt = defaults.DATA,
+    data: StoredDataOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
     """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
-    from carbrand_search.data.cache import default_cache_root
     from carbrand_search.reports.compare import compare_studies
     from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store
 
     rows = compare_studies(
         [open_study(name, storage) for name in studies], artifacts=artifact_store(artifacts),
-        data=data, cache=cache_dir or default_cache_root(), out=out, force=force,
+        data=data, cache=cache_dir, out=out, force=force,
     )  # fmt: skip
     table = Table(title="studies compared")
     for column in rows[0]:

@@ -45,15 +45,50 @@ class ImageTree:
     root: Path
     classes: tuple[str, ...]
     splits: dict[str, Split]
+    clutter: tuple[Path, ...] = ()  # files skipped as not images (see `is_clutter`)
+
+    def clutter_line(self) -> str | None:
+        """One line on the skipped clutter, or None when there was none."""
+        if not self.clutter:
+            return None
+        names = sorted({p.name for p in self.clutter}, key=str.lower)
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        return f"skipped {len(self.clutter)} file(s) that are not images ({shown})"
 
 
-def _class_files(class_dir: Path) -> list[Path]:
-    # Hidden files (.DS_Store, editor droppings) are not images anyone meant to train on.
-    files = []
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Folders that operating systems and file managers leave among photos.
+CLUTTER_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
+
+
+def is_clutter(path: Path) -> bool:
+    """A file nobody meant as a training image: hidden (.DS_Store, AppleDouble ._*) or without
+    an image extension (Thumbs.db, desktop.ini, README.txt, labels.csv)."""
+    return path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def is_clutter_dir(path: Path) -> bool:
+    """A folder of metadata, not of photos: hidden, macOS' __MACOSX, Synology's @eaDir, …"""
+    return path.name.startswith(".") or path.name.lower() in CLUTTER_DIRS
+
+
+def _all_files(folder: Path) -> list[Path]:
+    return [Path(p) / f for p, _, names in os.walk(folder, followlinks=False) for f in names]
+
+
+def class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(images, clutter) below `class_dir`; clutter folders count as clutter, file by file."""
+    files: list[Path] = []
+    clutter: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return files
+        here = Path(dirpath)
+        skipped = [d for d in dirnames if is_clutter_dir(here / d)]
+        for d in skipped:
+            clutter += _all_files(here / d)
+        dirnames[:] = sorted(set(dirnames) - set(skipped))
+        for f in sorted(filenames):
+            (clutter if is_clutter(here / f) else files).append(here / f)
+    return files, clutter
 
 
 def scan(root: Path, splits: tuple[str, ...] = SPLITS) -> ImageTree:
@@ -62,16 +97,23 @@ def scan(root: Path, splits: tuple[str, ...] = SPLITS) -> ImageTree:
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
     per_split: dict[str, dict[str, list[Path]]] = {}
+    clutter: list[Path] = []
     for name in splits:
         split_dir = root / name
         if not split_dir.is_dir():
             raise UserError(
                 f"{root}: missing split folder '{name}/' (expected {', '.join(splits)})"
             )
-        class_dirs = sorted(
-            d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
-        per_split[name] = {d.name: _class_files(d) for d in class_dirs}
+        class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not is_clutter_dir(d))
+        for entry in split_dir.iterdir():  # beside the class folders: files, clutter folders
+            if not entry.is_dir():
+                clutter.append(entry)
+            elif is_clutter_dir(entry):
+                clutter += _all_files(entry)
+        per_split[name] = {}
+        for d in class_dirs:
+            per_split[name][d.name], skipped = class_files(d)
+            clutter += skipped
         for cls, files in per_split[name].items():
             if not files:
                 raise UserError(f"{split_dir / cls}: empty class folder (no image files)")
@@ -91,6 +133,7 @@ def scan(root: Path, splits: tuple[str, ...] = SPLITS) -> ImageTree:
     index = {c: i for i, c in enumerate(classes)}
     return ImageTree(
         root=root,
+        clutter=tuple(clutter),
         classes=tuple(classes),
         splits={
             name: Split(

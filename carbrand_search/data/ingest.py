@@ -13,7 +13,13 @@ import numpy as np
 
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.folders import refuse_non_empty
-from carbrand_search.data.imagefolder import SPLITS, BadImage, load_image
+from carbrand_search.data.imagefolder import (
+    SPLITS,
+    BadImage,
+    class_files,
+    is_clutter_dir,
+    load_image,
+)
 
 MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover", "Rolls-Royce")
 
@@ -26,6 +32,7 @@ class IngestReport:
     linked: int = 0
     copied: int = 0
     skipped: list[str] = field(default_factory=list)  # "path: why"
+    clutter: int = 0  # files skipped as not images (Thumbs.db, .DS_Store, README.txt, …)
     dropped_classes: dict[str, int] = field(default_factory=dict)  # below --min-per-class
 
     def add(self, split: str, cls: str) -> None:
@@ -58,14 +65,15 @@ def place(source: Path, target: Path, report: IngestReport) -> None:
         report.copied += 1
 
 
-def _class_images(src: Path) -> dict[str, list[Path]]:
+def _class_images(src: Path, report: IngestReport) -> dict[str, list[Path]]:
+    """Each class folder's images; clutter (see `is_clutter`) is counted in `report`."""
     if not src.is_dir():
         raise UserError(f"source folder {src} does not exist")
-    classes = {
-        d.name: sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
-        for d in sorted(src.iterdir())
-        if d.is_dir() and not d.name.startswith(".")
-    }
+    classes = {}
+    for d in sorted(src.iterdir()):
+        if d.is_dir() and not is_clutter_dir(d):
+            classes[d.name], clutter = class_files(d)
+            report.clutter += len(clutter)
     if len(classes) < 2:
         raise UserError(f"{src}: found {len(classes)} class folder(s); need at least 2")
     return classes
@@ -92,9 +100,9 @@ def split_flat(
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise UserError(f"--val {val} and --test {test} must be fractions that sum below 1")
-    classes = _class_images(src)
-    prepare_destination(src, dst, force)
     report = IngestReport()
+    classes = _class_images(src, report)
+    prepare_destination(src, dst, force)
     assigned: dict[str, str] = {}  # image hash → split, across classes too
     rng = np.random.default_rng(seed)
     for cls, files in classes.items():

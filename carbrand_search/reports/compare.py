@@ -12,18 +12,24 @@ from carbrand_search.reports.evaluate import evaluate_split, load_trial_model
 from carbrand_search.reports.report import md_escape, ranked_trials
 from carbrand_search.search import record
 from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import trials
+from carbrand_search.search.study import image_source, trials
 
 
 def compare_rows(
-    studies: list[optuna.Study], *, artifacts: ArtifactStore, data: Path, cache: Path
+    studies: list[optuna.Study],
+    *,
+    artifacts: ArtifactStore,
+    data: Path | None = None,
+    cache: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Per study: its best trial's model, val/test accuracy, macro-F1, matrix pattern, trials."""
+    """Per study: its best trial's model, val/test accuracy, macro-F1, matrix pattern, trials.
+    Each study's test images come from `data`, or from where its last run read them."""
     rows = []
     for study in studies:
         best = ranked_trials(study)[0]
         tm = load_trial_model(study, best, artifacts)
-        ev = evaluate_split(tm, data, cache)
+        images = image_source(study, data, cache)
+        ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad)
         found = trials(study)
         val = record.read(best).val or {}
         rows.append(
@@ -45,8 +51,8 @@ def compare_studies(
     studies: list[optuna.Study],
     *,
     artifacts: ArtifactStore,
-    data: Path,
-    cache: Path,
+    data: Path | None = None,
+    cache: Path | None = None,
     out: Path,
     force: bool = False,
 ) -> list[dict[str, Any]]:

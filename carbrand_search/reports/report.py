@@ -34,20 +34,19 @@ from carbrand_search.reports.evaluate import (
 from carbrand_search.reports.gradcam import overlays
 from carbrand_search.search import record, space
 from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import best_trials, budget, direction, stored_spec, trials
+from carbrand_search.search.study import (
+    CollapseTally,
+    ImageSource,
+    best_trials,
+    budget,
+    collapse_tally,
+    direction,
+    stored_spec,
+    trials,
+)
 from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
-
-
-@dataclass(frozen=True)
-class CollapseTally:
-    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
-
-    pruned: int
-    by_rule: dict[str, int]
-    epochs: list[int]
-    loss_ratio_mean: float | None
 
 
 @dataclass(frozen=True)
@@ -111,18 +110,6 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     return ranked
 
 
-def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
-    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
-    reasons = [r for t in found if (r := record.read(t).prune_reason) is not None]
-    ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
-    return CollapseTally(
-        pruned=sum(t.state == TrialState.PRUNED for t in found),
-        by_rule=dict(Counter(r["rule"] for r in reasons)),
-        epochs=sorted(r["epoch"] for r in reasons),
-        loss_ratio_mean=round(float(np.mean(ratios)), 4) if ratios else None,
-    )
-
-
 def _study_views(study: optuna.Study, found: list[FrozenTrial], out: Path) -> dict[str, str]:
     images: dict[str, str] = {}
     done = [t for t in found if t.state == TrialState.COMPLETE and t.value is not None]
@@ -171,12 +158,11 @@ def _trial_section(
     study: optuna.Study,
     trial: FrozenTrial,
     artifacts: ArtifactStore,
-    data_root: Path,
-    cache_root: Path,
+    images: ImageSource,
     out: Path,
 ) -> TrialSection:
     tm = load_trial_model(study, trial, artifacts)
-    ev = evaluate_split(tm, data_root, cache_root)
+    ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad)
     folder = out / f"trial-{trial.number}"
     folder.mkdir()
     cm = ev.confusion
@@ -227,8 +213,7 @@ def build_report(
     study: optuna.Study,
     *,
     artifacts: ArtifactStore,
-    data_root: Path,
-    cache_root: Path,
+    images: ImageSource,
     out: Path,
     top: int = 1,
     force: bool = False,
@@ -249,10 +234,7 @@ def build_report(
             states=dict(Counter(t.state.name.lower() for t in found)),
             collapse=collapse_tally(found),
             images=_study_views(study, found, work),
-            trials=[
-                _trial_section(study, t, artifacts, data_root, cache_root, work)
-                for t in ranked[:top]
-            ],
+            trials=[_trial_section(study, t, artifacts, images, work) for t in ranked[:top]],
         )
         (work / "report.json").write_text(report.to_json())
         (work / "report.md").write_text(to_markdown(report))

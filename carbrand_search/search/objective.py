@@ -2,6 +2,7 @@
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import optuna
 from optuna.artifacts import upload_artifact
 from safetensors.torch import save_file
 from sklearn.metrics import confusion_matrix
-from torch import Tensor
+from torch import Tensor, nn
 
 from carbrand_search.core import plots
+from carbrand_search.core.config import RunConfig
 from carbrand_search.core.errors import first_line
 from carbrand_search.search import record, space
 from carbrand_search.search.pruners import collapse_reason
@@ -19,7 +21,7 @@ from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import held, trials
 from carbrand_search.training.fit import EpochMetrics, predict
-from carbrand_search.training.run import TrainingData, augment_for, train_config
+from carbrand_search.training.run import TrainingData, augment_for, fit_config, new_model
 
 
 class BudgetReached(Exception):
@@ -32,6 +34,9 @@ class TrialListener:
 
     trial: optuna.Trial
     spec: StudySpec
+    # Uploads the evidence (curves, confusion matrix) before the trial ends as pruned: Optuna
+    # takes no uploads to a finished trial.
+    on_prune: Callable[[list[record.EpochRecord]], None]
     epochs: list[record.EpochRecord] = field(default_factory=list)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
@@ -53,6 +58,7 @@ class TrialListener:
                 "loss_ratio": round(metrics.loss_ratio, 4),
             }
             record.pruned(self.trial, reason)
+            self.on_prune(self.epochs)
             raise optuna.TrialPruned(f"{reason['rule']} at epoch {metrics.epoch}")
 
 
@@ -83,28 +89,42 @@ class Objective:
         except OSError as e:
             raise OSError(f"cannot write {path.name} to the artifact store: {e}") from e
 
+    def _upload_pictures(
+        self,
+        trial: optuna.Trial,
+        model: nn.Module,
+        config: RunConfig,
+        history: list[record.EpochRecord],
+    ) -> None:
+        """Validation curves and the confusion matrix of `model` as it is now, for
+        optuna-dashboard's trial view (a collapse shows as one full column)."""
+        logits, labels = predict(model, self.data.val, augment_for(config), 64)
+        classes = self.data.tree.classes
+        cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))
+        with tempfile.TemporaryDirectory() as tmp:
+            for picture in (
+                plots.curves_png(history, Path(tmp) / "val-curves.png"),
+                plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
+            ):
+                self._upload(picture, trial)
+
     def _run(self, trial: optuna.Trial) -> float:
         if held(trials(trial.study), before=trial.number) >= self.budget:
             record.surplus(trial)
             raise BudgetReached
         record.started(trial, self.worker)
         config = self.spec.resolve(space.sample(trial, self.spec))
-        model, result = train_config(config, self.data, TrialListener(trial, self.spec))
+        model = new_model(config, len(self.data.tree.classes))
+
+        def evidence(history: list[record.EpochRecord]) -> None:
+            self._upload_pictures(trial, model, config, history)
+
+        result = fit_config(model, config, self.data, TrialListener(trial, self.spec, evidence))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
             artifact_id = self._upload(weights, trial)
-            # Pictures for optuna-dashboard's trial view; a finished trial cannot take uploads.
-            logits, labels = predict(model, self.data.val, augment_for(config), 64)
-            classes = self.data.tree.classes
-            cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))
-            for picture in (
-                plots.curves_png(
-                    [m.to_dict() for m in result.history], Path(tmp) / "val-curves.png"
-                ),
-                plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
-            ):
-                self._upload(picture, trial)
+        self._upload_pictures(trial, model, config, [m.to_dict() for m in result.history])
         record.completed(
             trial,
             checkpoint=artifact_id,

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial
+from optuna_dashboard import save_note
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
@@ -23,7 +24,15 @@ from carbrand_search.data.imagefolder import scan
 from carbrand_search.search.launcher import plan_devices, start_workers, stop_workers
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import artifact_store, mask, open_storage
-from carbrand_search.search.study import budget, ensure_study, finished, stored_spec, trials
+from carbrand_search.search.study import (
+    budget,
+    dashboard_note,
+    ensure_study,
+    finished,
+    remember_data,
+    stored_spec,
+    trials,
+)
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import WorkerPlan, run_worker
 from carbrand_search.training.run import build_model, load_split
@@ -122,6 +131,8 @@ def preflight(spec: StudySpec, options: RunOptions, progress: RunProgress) -> No
     """Everything that can be wrong before the storage is touched: the data, the model's
     weights, the image cache (built here, once, for all workers), the artifact store."""
     tree = scan(options.data)
+    if clutter := tree.clutter_line():
+        progress.note(f"{options.data}: {clutter}")
     build_model(spec.resolve(spec.defaults()), len(tree.classes))  # missing weights stop here
     for split in ("train", "val"):
         load_split(
@@ -147,9 +158,11 @@ def run_study(
     store = open_storage(options.storage, options.heartbeat_s)
     source = _source_study(launch.warm_from, store)
     study = ensure_study(spec, store, launch.n_trials)
+    remember_data(study, options.data, options.cache, options.skip_bad)
     total = budget(study)
     done = finished(trials(study))
     if done >= total:
+        save_note(study, dashboard_note(study, spec))
         return RunOutcome(spec.name, total, done, spec.direction, nothing_to_do=True)
     if source is not None:
         _warm_start(study, spec, source, launch.warm_top, progress)
@@ -183,6 +196,7 @@ def run_study(
             interrupted = True
         finally:
             stop_workers(processes, study)
+    save_note(study, dashboard_note(study, spec))
     found = trials(study)
     return RunOutcome(
         study=spec.name,

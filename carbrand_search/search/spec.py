@@ -1,6 +1,7 @@
 """Study files (TOML) as frozen dataclasses; unknown keys and bad ranges are rejected by name."""
 
 import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -76,7 +77,7 @@ class StudySpec:
 
 
 MAX_TRIALS = 1_000_000
-TOP_LEVEL = {"study", "data", "model", "train", "space", "sampler", "pruner"}
+TOP_LEVEL = {"study", "data", "model", "train", "space", "sampler", "pruner", "overrides"}
 SECTIONS = ("data", "model", "train")
 
 
@@ -148,7 +149,12 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         ),
         train=build(TrainConfig, raw.get("train", {}), "train"),
     )
-    space = tuple(_parse_space(base, raw.get("space", {})))
+    fixed = raw.get("overrides", {})
+    if not isinstance(fixed, Mapping):
+        raise ValueError('[overrides] must be a table of dotted keys, e.g. "train.epochs" = 2')
+    base = with_values(base, fixed)
+    # An overridden key is fixed for every trial: it leaves the space.
+    space = tuple(p for p in _parse_space(base, raw.get("space", {})) if p.key not in fixed)
     spec = StudySpec(
         name=path.stem,
         path=path,
@@ -206,21 +212,59 @@ def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     )
 
 
-def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
-    """Apply `--set key=value` strings together; errors name the override."""
-    values: dict[str, Any] = {}
+def parse_overrides(overrides: Iterable[str]) -> dict[str, tuple[Any, str]]:
+    """`--set key=value` strings → {key: (value, its TOML text)}; errors name the override."""
+    parsed: dict[str, tuple[Any, str]] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
         try:
-            values[key.strip()] = parse_literal(text.strip())
+            value = parse_literal(text)
         except ValueError as e:
-            raise UserError(f"--set {key.strip()}: {e}") from e
+            raise UserError(f"--set {key}: {e}") from e
+        # Bare words are strings; written back as TOML they need quotes.
+        parsed[key] = (
+            value,
+            text if not isinstance(value, str) or _is_toml(text) else json.dumps(text),
+        )
+    return parsed
+
+
+def _is_toml(text: str) -> bool:
+    try:
+        tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply `--set key=value` strings together; errors name the override."""
+    values = {key: value for key, (value, _) in parse_overrides(overrides).items()}
     try:
         return with_values(config, values)
     except (ValueError, UserError) as e:
         raise UserError(f"--set: {e}") from e
+
+
+def with_overrides(spec: StudySpec, overrides: Iterable[str]) -> StudySpec:
+    """`run --set`: the study with these settings fixed for every trial. They are written into
+    the study's text as an [overrides] table, so the stored, hashed text says exactly what ran,
+    and the same name with other overrides is refused like a different file."""
+    parsed = parse_overrides(overrides)
+    if not parsed:
+        return spec
+    if "overrides" in tomllib.loads(spec.text):
+        raise UserError(f"--set: {spec.path} has an [overrides] table already; set them there")
+    apply_overrides(spec.base, [f"{key}={text}" for key, (_, text) in parsed.items()])
+    lines = [f"{json.dumps(key)} = {text}" for key, (_, text) in parsed.items()]
+    text = spec.text.rstrip("\n") + "\n\n[overrides]  # run --set\n" + "\n".join(lines) + "\n"
+    try:
+        return spec_from_text(text, spec.path)
+    except UserError as e:
+        raise UserError(f"--set {' '.join(parsed)}: {e}") from e
 
 
 RANGE_KEYS = {"low", "high", "step", "log", "default"}

@@ -1,15 +1,20 @@
 """The Optuna study as carbrand-search keeps it: created once from a study file, which it stores
-with its hash and its trial budget; the rules that count trials against that budget."""
+with its hash, its trial budget and where its images were read; the rules that count trials
+against that budget."""
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search.core import metric
+from carbrand_search.core import defaults, metric
 from carbrand_search.core.config import SamplerConfig
 from carbrand_search.core.errors import UserError
+from carbrand_search.data.cache import default_cache_root
 from carbrand_search.search import record, space
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.spec import StudySpec, spec_from_text
@@ -17,6 +22,7 @@ from carbrand_search.search.spec import StudySpec, spec_from_text
 TEXT_ATTR = "study_text"  # the study file's text, as it was when the study was created
 HASH_ATTR = "study_hash"  # its SHA-256
 BUDGET_ATTR = "n_trials"  # finished trials the study runs to, across workers and re-runs
+DATA_ATTR = "data"  # where the last `run` read its images: {given, resolved, cache, skip_bad}
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward the budget
 HELD = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # hold a place in it (FAIL does not)
@@ -74,8 +80,8 @@ def ensure_study(
     elif stored_hash != spec.text_hash:
         raise UserError(
             f"study '{spec.name}' in this storage was created from a different study file "
-            f"(hash {stored_hash[:12]} vs {spec.text_hash[:12]} of {spec.path}); "
-            "restore that file or give the study a new name"
+            f"or other --set overrides (hash {stored_hash[:12]} vs {spec.text_hash[:12]} of "
+            f"{spec.path}); restore them or give the study a new name"
         )
     else:
         stored_spec(study)  # the text workers will read must still match that hash
@@ -117,3 +123,97 @@ def best_trials(found: Sequence[FrozenTrial], direction: metric.Direction) -> li
 def direction(study: optuna.Study) -> metric.Direction:
     """The study's direction as a study file names it."""
     return "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a study's images are read from: the data folder, the cache root, bad files."""
+
+    root: Path
+    cache: Path
+    skip_bad: bool = False
+
+
+def remember_data(study: optuna.Study, data: Path, cache: Path | None, skip_bad: bool) -> None:
+    """Store where `run` read the images (as given and resolved), so reports need no --data."""
+    study.set_user_attr(
+        DATA_ATTR,
+        {
+            "given": str(data),
+            "resolved": str(data.resolve()),
+            "cache": str(cache) if cache is not None else None,
+            "skip_bad": skip_bad,
+        },
+    )
+
+
+def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> ImageSource:
+    """Where to read `study`'s images again: --data and --cache-dir when given; otherwise where
+    its last run read them (the resolved path, else the path as given, for another working
+    folder or machine); for a study that never stored it, the defaults."""
+    stored = study.user_attrs.get(DATA_ATTR) or {}
+    if data is None and stored:
+        candidates = [Path(stored["resolved"]), Path(stored["given"])]
+        found = next((p for p in candidates if p.is_dir()), None)
+        if found is None:
+            raise UserError(
+                f"study '{study.study_name}' was run on data folder {stored['given']} "
+                f"({stored['resolved']}), which is not here; pass --data"
+            )
+        data = found
+    stored_cache = stored.get("cache") if cache is None else None
+    return ImageSource(
+        root=data or defaults.DATA,
+        cache=cache or (Path(stored_cache) if stored_cache else default_cache_root()),
+        skip_bad=bool(stored.get("skip_bad", False)),
+    )
+
+
+@dataclass(frozen=True)
+class CollapseTally:
+    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
+
+    pruned: int
+    by_rule: dict[str, int]
+    epochs: list[int]
+    loss_ratio_mean: float | None
+
+
+def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
+    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
+    reasons = [r for t in found if (r := record.read(t).prune_reason) is not None]
+    ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
+    return CollapseTally(
+        pruned=sum(t.state == TrialState.PRUNED for t in found),
+        by_rule=dict(Counter(r["rule"] for r in reasons)),
+        epochs=sorted(r["epoch"] for r in reasons),
+        loss_ratio_mean=round(float(np.mean(ratios)), 4) if ratios else None,
+    )
+
+
+def dashboard_note(study: optuna.Study, spec: StudySpec) -> str:
+    """The study's note for optuna-dashboard (Markdown): what it is, its data, how far it got,
+    its best trial and how many trials collapsed."""
+    found = trials(study)
+    states = Counter(t.state for t in found)
+    data = study.user_attrs.get(DATA_ATTR) or {}
+    ranked = best_trials(found, spec.direction)
+    best = (
+        f"trial {ranked[0].number}, {spec.base.train.monitor} {ranked[0].value:.4f}"
+        if ranked
+        else "none complete yet"
+    )
+    tally = collapse_tally(found)
+    rules = ", ".join(f"{rule} {n}" for rule, n in tally.by_rule.items()) or "none"
+    lines = [
+        f"# {spec.name}",
+        spec.description,
+        f"- data: {data.get('given', 'not recorded')} ({data.get('resolved', '')})",
+        f"- model: {spec.base.model.name}; {len(spec.space)} searched parameters",
+        f"- trials: {finished(found)}/{budget(study, default=len(found))} finished "
+        f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned), "
+        f"{states[TrialState.FAIL]} failed",
+        f"- best: {best}",
+        f"- collapse tally: {tally.pruned} pruned (rules: {rules}; epochs {tally.epochs or '-'})",
+    ]
+    return "\n".join(lines) + "\n"

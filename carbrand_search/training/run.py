@@ -86,22 +86,26 @@ def augment_for(config: RunConfig) -> Augment:
     return Augment(config.data, entry.mean, entry.std)
 
 
+def new_model(config: RunConfig, num_classes: int) -> nn.Module:
+    """Seed everything with the run's seed, then build its model: the same weights every time."""
+    seed_everything(config.train.seed)
+    return build_model(config, num_classes)
+
+
+def fit_config(
+    model: nn.Module, config: RunConfig, data: TrainingData, listener: TrainListener | None = None
+) -> FitResult:
+    """Fit `model` (from `new_model`) on `data` with `config`; it ends at its best epoch."""
+    classes = len(data.tree.classes)
+    return fit(model, data.train, data.val, augment_for(config), config.train, classes, listener)
+
+
 def train_config(
     config: RunConfig, data: TrainingData, listener: TrainListener | None = None
 ) -> tuple[nn.Module, FitResult]:
     """Seed, build and fit one configuration; returns the model at its best epoch."""
-    seed_everything(config.train.seed)
-    model = build_model(config, len(data.tree.classes))
-    result = fit(
-        model,
-        data.train,
-        data.val,
-        augment_for(config),
-        config.train,
-        len(data.tree.classes),
-        listener,
-    )
-    return model, result
+    model = new_model(config, len(data.tree.classes))
+    return model, fit_config(model, config, data, listener)
 
 
 def prepare_out_dir(out: Path) -> None:

@@ -1,0 +1,118 @@
+"""What a newcomer trips over, through the real CLI on tiny data: `run --set`, reports that
+remember the data, OS clutter in datasets, the evidence on the dashboard for pruned trials."""
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study, write_tree
+from optuna.artifacts import get_all_artifact_meta
+from optuna.trial import TrialState
+from optuna_dashboard._note import get_note_from_system_attrs
+from typer.testing import CliRunner
+
+from carbrand_search.cli import app
+from carbrand_search.data.imagefolder import scan
+from carbrand_search.search import record
+from carbrand_search.search.storage import open_storage
+from carbrand_search.search.study import stored_spec
+
+runner = CliRunner()
+
+
+def run(study: Path, url: str, data: Path, tmp_path: Path, *extra: str):
+    args = ["run", str(study), "--storage", url, "--data", str(data)]
+    return runner.invoke(app, [*args, "--artifacts", str(tmp_path / "a"), *extra])
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=open_storage(url))
+
+
+def test_run_set_is_stored_with_the_study_and_a_change_is_refused(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=2, epochs=3)
+    sets = ["--set", "train.epochs=1", "--set", "model.dropout=0.2"]
+    result = run(study_file, url, demo_root, tmp_path, *sets)
+    assert result.exit_code == 0, result.output
+    study = load(url)
+    spec = stored_spec(study)  # what workers, status and reports read
+    assert spec.base.train.epochs == 1 and '"train.epochs" = 1' in spec.text
+    assert [p.key for p in spec.space] == ["train.lr"]  # dropout is fixed now, not searched
+    done = study.get_trials()
+    assert all(len(record.read(t).epochs) == 1 and "model.dropout" not in t.params for t in done)
+    changed = run(study_file, url, demo_root, tmp_path, "--set", "train.epochs=2")
+    assert changed.exit_code == 2 and "other --set overrides" in changed.output
+    bad = run(study_file, url, demo_root, tmp_path, *sets, "--set", "train.epochs=0")
+    assert bad.exit_code == 2 and "--set" in bad.output and "train.epochs" in bad.output
+    assert len(load(url).get_trials()) == len(done)  # refused before anything was stored
+
+
+def test_report_and_compare_find_the_data_the_run_used(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run(write_study(tmp_path, n_trials=1), url, demo_root, tmp_path).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no ./demo-data here: only the stored path can work
+    common = ["--storage", url, "--artifacts", str(tmp_path / "a")]
+    report = runner.invoke(app, ["report", "tiny", "--out", str(tmp_path / "r"), *common])
+    assert report.exit_code == 0, report.output
+    compare = runner.invoke(app, ["compare", "tiny", "--out", str(tmp_path / "c"), *common])
+    assert compare.exit_code == 0, compare.output
+    # --data still overrides; a folder that is gone is named, with the way out.
+    other = runner.invoke(
+        app, ["report", "tiny", "--out", str(tmp_path / "r2"), "--data", "nope", *common]
+    )
+    assert other.exit_code == 2 and "nope" in other.output
+    study = load(url)
+    study.set_user_attr("data", {"given": "gone", "resolved": "/gone", "cache": None})
+    moved = runner.invoke(app, ["report", "tiny", "--out", str(tmp_path / "r3"), *common])
+    assert moved.exit_code == 2 and "which is not here; pass --data" in moved.output
+
+
+def test_clutter_is_skipped_and_counted(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "cars", {"Audi": 3, "BMW": 3})
+    clutter = [
+        "train/Audi/Thumbs.db", "train/Audi/desktop.ini", "train/Audi/.DS_Store",
+        "train/Audi/._0.png", "train/Audi/labels.csv", "val/BMW/@eaDir/0.png/SYNOPHOTO.jpg",
+        "train/README.txt", "test/__MACOSX/Audi/._0.png", "val/.hidden/x.png",
+    ]  # fmt: skip
+    for name in clutter:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not an image")
+    tree = scan(root)
+    assert tree.classes == ("Audi", "BMW")  # neither __MACOSX nor @eaDir became a class
+    assert sorted(p.name for p in tree.clutter) == sorted(Path(n).name for n in clutter)
+    assert all(len(s.files) == 6 for s in tree.splits.values())
+    checked = runner.invoke(app, ["data", "check", str(root)])
+    assert checked.exit_code == 0, checked.output
+    assert f"skipped {len(clutter)} file(s) that are not images" in checked.output
+    (root / "train" / "Audi" / "broken.jpg").write_bytes(b"not a jpeg")
+    broken = runner.invoke(app, ["data", "check", str(root)])
+    assert broken.exit_code == 2 and "broken.jpg" in broken.output  # an image that fails
+    skipped = runner.invoke(app, ["data", "check", str(root), "--skip-bad"])
+    assert skipped.exit_code == 0, skipped.output
+
+
+def test_pruned_trials_upload_their_evidence_and_the_study_has_a_note(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"
+    study_file = write_study(tmp_path, n_trials=2, epochs=8, lr=huge_lr, collapse=True)
+    assert run(study_file, url, demo_root, tmp_path).exit_code == 0
+    study = load(url)
+    store = open_storage(url)
+    for trial in study.get_trials():
+        assert trial.state == TrialState.PRUNED
+        names = sorted(m.filename for m in get_all_artifact_meta(trial, storage=store))
+        assert names == ["val-confusion.png", "val-curves.png"]
+    attrs = store.get_study_system_attrs(store.get_study_id_from_name("tiny"))
+    note = get_note_from_system_attrs(attrs, None)["body"]
+    assert note.startswith("# tiny") and os.fspath(demo_root) in note
+    assert "2/2 finished (0 complete, 2 pruned)" in note and "collapse tally: 2 pruned" in note
