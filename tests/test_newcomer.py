@@ -116,3 +116,52 @@ def test_pruned_trials_upload_their_evidence_and_the_study_has_a_note(
     note = get_note_from_system_attrs(attrs, None)["body"]
     assert note.startswith("# tiny") and os.fspath(demo_root) in note
     assert "2/2 finished (0 complete, 2 pruned)" in note and "collapse tally: 2 pruned" in note
+
+
+def test_trials_are_tracked_in_mlflow_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=2, epochs=2)
+    uri, board = f"file:{tmp_path / 'mlruns'}", tmp_path / "tb"
+    study_file.write_text(
+        study_file.read_text()
+        + f'\n[tracking]\nmlflow = true\nmlflow_uri = "{uri}"\ntensorboard = "{board}"\n'
+    )
+    assert run(study_file, url, demo_root, tmp_path).exit_code == 0
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    for trial in load(url).get_trials():
+        found = runs[f"trial-{trial.number}"]
+        assert found.data.tags["optuna.state"] == trial.state.name
+        assert found.data.params["train.lr"] == str(trial.params["train.lr"])
+        history = client.get_metric_history(found.info.run_id, "val_macro_f1")
+        assert [m.step for m in history] == [1, 2]
+        values = [e["val_macro_f1"] for e in record.read(trial).epochs]
+        assert [m.value for m in history] == pytest.approx(values)
+        pictures = {a.path for a in client.list_artifacts(found.info.run_id)}
+        assert pictures == {"val-curves.png", "val-confusion.png"}
+        events = EventAccumulator(str(board / "tiny" / f"trial-{trial.number}"))
+        events.Reload()
+        assert [s.value for s in events.Scalars("val_macro_f1")] == pytest.approx(values)
+
+
+def test_a_pruned_trial_says_why_in_mlflow(demo_root: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"
+    study_file = write_study(tmp_path, n_trials=1, epochs=8, lr=huge_lr, collapse=True)
+    uri = f"file:{tmp_path / 'mlruns'}"
+    study_file.write_text(
+        study_file.read_text() + f'\n[tracking]\nmlflow = true\nmlflow_uri = "{uri}"\n'
+    )
+    assert run(study_file, url, demo_root, tmp_path).exit_code == 0
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert found.info.status == "KILLED" and found.data.tags["optuna.state"] == "PRUNED"
+    rule = record.read(load(url).get_trials()[0]).prune_reason["rule"]
+    assert f'"rule": "{rule}"' in found.data.tags["prune_reason"]

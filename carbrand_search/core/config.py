@@ -160,3 +160,13 @@ class PrunerConfig:
     def first_prunable_epoch(self) -> int:
         """The first epoch any rule may prune at: the one after the warm-up."""
         return self.warmup_epochs + 1
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where trials are also recorded: MLflow and TensorBoard (both off by default)."""
+
+    mlflow: bool = False  # one MLflow run per trial
+    mlflow_uri: str = "file:./mlruns"  # or sqlite:///mlflow.db, or http://HOST:5000 for a team
+    experiment: str = ""  # MLflow experiment; "" = the study's name
+    tensorboard: str = ""  # a folder: event files per study and trial; "" = off

@@ -20,6 +20,7 @@ from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import held, trials
+from carbrand_search.search.tracking import TrialTracker
 from carbrand_search.training.fit import EpochMetrics, predict
 from carbrand_search.training.run import TrainingData, augment_for, fit_config, new_model
 
@@ -37,6 +38,7 @@ class TrialListener:
     # Uploads the evidence (curves, confusion matrix) before the trial ends as pruned: Optuna
     # takes no uploads to a finished trial.
     on_prune: Callable[[list[record.EpochRecord]], None]
+    tracker: TrialTracker
     epochs: list[record.EpochRecord] = field(default_factory=list)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
@@ -48,6 +50,7 @@ class TrialListener:
     def epoch_end(self, metrics: EpochMetrics) -> None:
         self.epochs.append(metrics.to_dict())
         record.epochs_done(self.trial, self.epochs)
+        self.tracker.epoch(metrics.to_dict())
         value = metrics.value(self.spec.base.train.monitor)
         if math.isfinite(value):
             self.trial.report(value, metrics.epoch)
@@ -59,6 +62,7 @@ class TrialListener:
             }
             record.pruned(self.trial, reason)
             self.on_prune(self.epochs)
+            self.tracker.end("PRUNED", reason)
             raise optuna.TrialPruned(f"{reason['rule']} at epoch {metrics.epoch}")
 
 
@@ -95,18 +99,21 @@ class Objective:
         model: nn.Module,
         config: RunConfig,
         history: list[record.EpochRecord],
+        tracker: TrialTracker,
     ) -> None:
         """Validation curves and the confusion matrix of `model` as it is now, for
-        optuna-dashboard's trial view (a collapse shows as one full column)."""
+        optuna-dashboard's trial view (a collapse shows as one full column) and the tracker."""
         logits, labels = predict(model, self.data.val, augment_for(config), 64)
         classes = self.data.tree.classes
         cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))
         with tempfile.TemporaryDirectory() as tmp:
-            for picture in (
+            pictures = [
                 plots.curves_png(history, Path(tmp) / "val-curves.png"),
                 plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
-            ):
+            ]
+            for picture in pictures:
                 self._upload(picture, trial)
+            tracker.pictures(pictures)
 
     def _run(self, trial: optuna.Trial) -> float:
         if held(trials(trial.study), before=trial.number) >= self.budget:
@@ -114,17 +121,29 @@ class Objective:
             raise BudgetReached
         record.started(trial, self.worker)
         config = self.spec.resolve(space.sample(trial, self.spec))
+        tracker = TrialTracker(self.spec.tracking, self.spec.name, trial.number, trial.params)
+        try:
+            return self._train(trial, config, tracker)
+        except optuna.TrialPruned:
+            raise  # the listener ended the tracker's run with the reason
+        except Exception as e:
+            tracker.end("FAIL", f"{type(e).__name__}: {first_line(e)}")
+            raise
+
+    def _train(self, trial: optuna.Trial, config: RunConfig, tracker: TrialTracker) -> float:
         model = new_model(config, len(self.data.tree.classes))
 
         def evidence(history: list[record.EpochRecord]) -> None:
-            self._upload_pictures(trial, model, config, history)
+            self._upload_pictures(trial, model, config, history, tracker)
 
-        result = fit_config(model, config, self.data, TrialListener(trial, self.spec, evidence))
+        listener = TrialListener(trial, self.spec, evidence, tracker)
+        result = fit_config(model, config, self.data, listener)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
             artifact_id = self._upload(weights, trial)
-        self._upload_pictures(trial, model, config, [m.to_dict() for m in result.history])
+        history = [m.to_dict() for m in result.history]
+        self._upload_pictures(trial, model, config, history, tracker)
         record.completed(
             trial,
             checkpoint=artifact_id,
@@ -132,4 +151,5 @@ class Objective:
             val=result.best.to_dict(),
             classes=self.data.tree.classes,
         )
+        tracker.end("COMPLETE")
         return result.best.value(self.spec.base.train.monitor)

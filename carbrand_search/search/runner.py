@@ -33,6 +33,7 @@ from carbrand_search.search.study import (
     stored_spec,
     trials,
 )
+from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import WorkerPlan, run_worker
 from carbrand_search.training.run import build_model, load_split
@@ -139,6 +140,7 @@ def preflight(spec: StudySpec, options: RunOptions, progress: RunProgress) -> No
             tree, split, spec.base.data, options.cache_root, options.skip_bad, progress.decoding
         )
     artifact_store(options.artifacts)
+    check_tracking(spec.tracking, spec.name)
 
 
 def run_study(

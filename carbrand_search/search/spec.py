@@ -17,6 +17,7 @@ from carbrand_search.core.config import (
     PrunerConfig,
     RunConfig,
     SamplerConfig,
+    TrackingConfig,
     TrainConfig,
 )
 from carbrand_search.core.errors import UserError
@@ -50,6 +51,7 @@ class StudySpec:
     space: tuple[ParamSpec, ...]
     sampler: SamplerConfig
     pruner: PrunerConfig
+    tracking: TrackingConfig
 
     @property
     def text_hash(self) -> str:
@@ -77,7 +79,9 @@ class StudySpec:
 
 
 MAX_TRIALS = 1_000_000
-TOP_LEVEL = {"study", "data", "model", "train", "space", "sampler", "pruner", "overrides"}
+TOP_LEVEL = {
+    "study", "data", "model", "train", "space", "sampler", "pruner", "tracking", "overrides",
+}  # fmt: skip
 SECTIONS = ("data", "model", "train")
 
 
@@ -165,6 +169,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         space=space,
         sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),
         pruner=build(PrunerConfig, raw.get("pruner", {}), "pruner"),
+        tracking=build(TrackingConfig, raw.get("tracking", {}), "tracking"),
     )
     spec.resolve(spec.defaults())  # the defaults together must make a valid config
     for param in space:  # and so must every range end and choice, or trials would fail later
