@@ -13,7 +13,6 @@ from rich.table import Table
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.terminal import PlainConsole, tagged
-from carbrand_search.training.device import DEVICE_HELP
 
 if TYPE_CHECKING:
     from carbrand_search.data.ingest import IngestReport
@@ -50,7 +49,7 @@ def reports_errors(command: F) -> F:
 
 
 StudyArg = Annotated[str, typer.Argument(help="Study name in studies/ or a path to a .toml file.")]
-DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP + ".")]
+DeviceOpt = Annotated[str, typer.Option(help=defaults.DEVICE_NAMES + ".")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a setting: key=value, e.g. train.epochs=2 (repeatable)."),
@@ -436,16 +435,18 @@ def worker(
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
     storage: StorageOpt = defaults.STORAGE,
+    all_trials: Annotated[
+        bool, typer.Option("--all", help="Every trial, not only the last 50 and the running.")
+    ] = False,
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
     from carbrand_search.progress import status_table, study_line
-    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import mask
-    from carbrand_search.search.study import budget, direction, trials
+    from carbrand_search.search.study import budget, direction, open_study, trials
 
     optuna_study = open_study(study, storage)
     found = trials(optuna_study)
-    console.print(status_table(f"{study} ({mask(storage)})", found))
+    console.print(status_table(f"{study} ({mask(storage)})", found, None if all_trials else 50))
     total = budget(optuna_study, default=len(found))
     console.print(study_line(study, found, total, direction(optuna_study)))
 
@@ -481,9 +482,8 @@ def report(
     import time
 
     from carbrand_search.reports.report import build_report
-    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store, mask
-    from carbrand_search.search.study import image_source
+    from carbrand_search.search.study import image_source, open_study
 
     if top < 1:
         raise UserError("--top must be >= 1")
@@ -518,8 +518,8 @@ def compare(
 ) -> None:
     """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
     from carbrand_search.reports.compare import compare_studies
-    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store
+    from carbrand_search.search.study import open_study
 
     rows = compare_studies(
         [open_study(name, storage) for name in studies], artifacts=artifact_store(artifacts),
@@ -574,8 +574,8 @@ def predict_cmd(
     """Top-k brands with probabilities for each image, from a study's best (or chosen) trial."""
     from carbrand_search.reports.evaluate import load_trial_model
     from carbrand_search.reports.predict import choose_trial, predict_files
-    from carbrand_search.search.runner import open_study
     from carbrand_search.search.storage import artifact_store
+    from carbrand_search.search.study import open_study
 
     optuna_study = open_study(study, storage)
     chosen = choose_trial(optuna_study, trial)

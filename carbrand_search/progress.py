@@ -4,6 +4,7 @@ table of `status`; all drawn with rich from the search's typed records."""
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -18,13 +19,16 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from torch import Tensor
 
 from carbrand_search.core.metric import Direction, is_better
 from carbrand_search.core.terminal import tagged
 from carbrand_search.search import record
 from carbrand_search.search.study import best_trials, finished
-from carbrand_search.training.fit import EpochMetrics
+
+if TYPE_CHECKING:  # torch is slow to import; `status` and the live view never need it
+    from torch import Tensor
+
+    from carbrand_search.training.fit import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
 
@@ -61,7 +65,7 @@ class CacheProgress:
         self.progress.update(self.tasks[split], completed=done)
 
 
-def format_epoch(m: EpochMetrics, epochs: int, best: bool) -> Text:
+def format_epoch(m: "EpochMetrics", epochs: int, best: bool) -> Text:
     line = (
         f"epoch {m.epoch:>2}/{epochs}  train loss {m.train_loss:.3f}  val loss {m.val_loss:.3f}  "
         f"acc {m.val_accuracy:.3f}  macro-F1 {m.val_macro_f1:.3f}  "
@@ -90,7 +94,7 @@ class RichTrainListener:
         self.progress.start()
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, note="")
 
-    def batch_end(self, loss: Tensor) -> None:
+    def batch_end(self, loss: "Tensor") -> None:
         self.loss_sum = loss + self.loss_sum
         self.batches += 1
         assert self.task is not None
@@ -100,7 +104,7 @@ class RichTrainListener:
             self.shown_at = time.monotonic()
             self.progress.update(self.task, note=f"loss {float(self.loss_sum) / self.batches:.3f}")
 
-    def epoch_end(self, metrics: EpochMetrics) -> None:
+    def epoch_end(self, metrics: "EpochMetrics") -> None:
         self.progress.stop()
         if self.task is not None:
             self.progress.remove_task(self.task)
@@ -149,12 +153,19 @@ def live_view(
     return table
 
 
-def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
-    """`status`: every trial's state, value, parameters, duration and prune reason."""
+def status_table(title: str, trials: Sequence[FrozenTrial], last: int | None = None) -> Table:
+    """`status`: each trial's state, value, parameters, duration and prune reason; with `last`,
+    only the `last` most recent trials and every running one (a table of thousands of rows
+    takes seconds to draw and nobody reads it)."""
+    shown = list(trials)
+    if last is not None and len(shown) > last:
+        recent = {t.number for t in shown[-last:]}
+        shown = [t for t in shown if t.number in recent or t.state == TrialState.RUNNING]
+        title += f", the last {last} of {len(trials)} trials (--all shows every one)"
     table = Table(title=title)
     for column in ("#", "state", "value", "params", "duration", "prune reason"):
         table.add_column(column)
-    for t in trials:
+    for t in shown:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
         reason = record.read(t).prune_reason
         why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""

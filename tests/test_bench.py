@@ -54,6 +54,12 @@ def test_throughput_bench(tmp_path: Path) -> None:
         assert epochs["warm_epoch_s"] > 0 and epochs["decode_every_time_epoch_s"] > 0
 
 
+def test_large_study_bench(tmp_path: Path) -> None:
+    result = run_bench("large_study.py", tmp_path / "result.json")
+    assert result["trials"] == 30
+    assert all(seconds > 0 for seconds in result["rows"].values())
+
+
 def test_storage_bench(tmp_path: Path) -> None:
     result = run_bench("storage.py", tmp_path / "result.json")
     assert {row["storage"] for row in result["rows"]} == {"sqlite", "journal", "postgresql"}

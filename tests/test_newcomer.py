@@ -165,3 +165,20 @@ def test_a_pruned_trial_says_why_in_mlflow(demo_root: Path, tmp_path: Path) -> N
     assert found.info.status == "KILLED" and found.data.tags["optuna.state"] == "PRUNED"
     rule = record.read(load(url).get_trials()[0]).prune_reason["rule"]
     assert f'"rule": "{rule}"' in found.data.tags["prune_reason"]
+
+
+def test_status_shows_the_last_trials_and_every_running_one() -> None:
+    from carbrand_search.progress import status_table
+
+    study = optuna.create_study()
+    study.add_trials(
+        [optuna.trial.create_trial(value=float(i), params={}, distributions={}) for i in range(60)]
+    )
+    running = study.ask()  # trial 60
+    found = study.get_trials()
+    found.insert(0, found.pop())  # a running trial older than the last 50 still shows
+    table = status_table("tiny", found, last=50)
+    numbers = [int(cell) for cell in table.columns[0]._cells]
+    assert len(numbers) == 51 and running.number in numbers and 9 not in numbers
+    assert "the last 50 of 61 trials" in str(table.title)
+    assert len(status_table("tiny", found).columns[0]._cells) == 61

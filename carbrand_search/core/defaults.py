@@ -6,3 +6,4 @@ STORAGE = "sqlite:///carbrand-search.db"  # Optuna storage URL
 ARTIFACTS = "artifacts"  # artifact store: a folder, or s3://BUCKET
 DATA = Path("demo-data")  # what `carbrand-search data demo demo-data` writes
 HEARTBEAT_S = 15  # seconds between a running trial's heartbeats
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # what --device accepts (training.device reads them)

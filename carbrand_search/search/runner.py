@@ -29,6 +29,7 @@ from carbrand_search.search.study import (
     dashboard_note,
     ensure_study,
     finished,
+    open_study,
     remember_data,
     stored_spec,
     trials,
@@ -229,18 +230,6 @@ def _warm_start(
         progress.note(f"--from {source.study_name}: skipped trial {number}: {reason}")
     queued = ", ".join(str(n) for n in result.enqueued) or "none"
     progress.note(f"--from {source.study_name}: queued trials {queued} as warm starts")
-
-
-def open_study(name: str, storage: str) -> optuna.Study:
-    """A study that must exist in `storage`; a clear error naming the studies there otherwise."""
-    store = open_storage(storage)
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise UserError(
-            f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
-        ) from None
 
 
 def join_study(name: str, options: RunOptions, threads: int | None = None) -> None:

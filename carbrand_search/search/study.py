@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -15,9 +16,12 @@ from carbrand_search.core import defaults, metric
 from carbrand_search.core.config import SamplerConfig
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
-from carbrand_search.search import record, space
+from carbrand_search.search import record
 from carbrand_search.search.pruners import make_pruner
-from carbrand_search.search.spec import StudySpec, spec_from_text
+from carbrand_search.search.storage import mask, open_storage
+
+if TYPE_CHECKING:
+    from carbrand_search.search.spec import StudySpec
 
 TEXT_ATTR = "study_text"  # the study file's text, as it was when the study was created
 HASH_ATTR = "study_hash"  # its SHA-256
@@ -40,9 +44,13 @@ def make_sampler(cfg: SamplerConfig, offset: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def stored_spec(study: optuna.Study) -> StudySpec:
+def stored_spec(study: optuna.Study) -> "StudySpec":
     """The study file as stored in the study when it was created, checked against its stored
     hash: whoever can write to the database must not change what workers train unnoticed."""
+    # Imported here: study files reach the model registry (timm, torch), which `status` and
+    # the other read-only commands should not wait for.
+    from carbrand_search.search.spec import spec_from_text
+
     text, stored_hash = study.user_attrs.get(TEXT_ATTR), study.user_attrs.get(HASH_ATTR)
     if not isinstance(text, str) or not isinstance(stored_hash, str):
         raise UserError(f"study '{study.study_name}' has no stored study file; create it with run")
@@ -56,10 +64,12 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 
 def ensure_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage, n_trials: int | None
+    spec: "StudySpec", storage: optuna.storages.BaseStorage, n_trials: int | None
 ) -> optuna.Study:
     """Create the study once or load it; a different study file under the same name is refused.
     `n_trials` (None: keep the stored budget, or the file's for a new study) sets the budget."""
+    from carbrand_search.search import space
+
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -191,7 +201,7 @@ def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
     )
 
 
-def dashboard_note(study: optuna.Study, spec: StudySpec) -> str:
+def dashboard_note(study: optuna.Study, spec: "StudySpec") -> str:
     """The study's note for optuna-dashboard (Markdown): what it is, its data, how far it got,
     its best trial and how many trials collapsed."""
     found = trials(study)
@@ -217,3 +227,15 @@ def dashboard_note(study: optuna.Study, spec: StudySpec) -> str:
         f"- collapse tally: {tally.pruned} pruned (rules: {rules}; epochs {tally.epochs or '-'})",
     ]
     return "\n".join(lines) + "\n"
+
+
+def open_study(name: str, storage: str) -> optuna.Study:
+    """A study that must exist in `storage`; a clear error naming the studies there otherwise."""
+    store = open_storage(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise UserError(
+            f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
+        ) from None

@@ -2,9 +2,8 @@
 
 import torch
 
+from carbrand_search.core.defaults import DEVICE_NAMES
 from carbrand_search.core.errors import UserError
-
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -15,11 +14,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device must be {DEVICE_HELP}, got {name!r}") from None
+        raise UserError(f"--device must be {DEVICE_NAMES}, got {name!r}") from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type != "cuda":
-        raise UserError(f"--device must be {DEVICE_HELP}, got {name!r}")
+        raise UserError(f"--device must be {DEVICE_NAMES}, got {name!r}")
     gpus = torch.cuda.device_count()
     if gpus == 0:
         raise UserError(f"--device {name}: torch sees no CUDA GPU")
