@@ -38,7 +38,13 @@ from carbrand_search.reports.report import _study_views
 from carbrand_search.search import record, space
 from carbrand_search.search.spec import spec_from_text
 from carbrand_search.search.storage import open_storage
-from carbrand_search.search.study import budget, collapse_tally, ensure_study, trials
+from carbrand_search.search.study import (
+    budget,
+    collapse_tally,
+    ensure_study,
+    overview,
+    trials,
+)
 
 STUDY = """
 [study]
@@ -163,9 +169,9 @@ def main() -> None:
         sink = Console(file=io.StringIO(), width=200)
 
         def status_in_process() -> None:
-            found = trials(study)
-            sink.print(status_table("large", found, last=50))
-            sink.print(study_line("large", found, budget(study), "maximize"))
+            view = overview(open_storage(url), "large", 50)  # a fresh storage: nothing cached
+            sink.print(status_table("large", view.shown))
+            sink.print(study_line("large", view.counts, budget(study), view.best))
 
         def live_refresh() -> None:
             sink.print(live_view("large", trials(study), args.trials, "maximize"))

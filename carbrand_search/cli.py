@@ -28,6 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Exit codes: 0 done; 1 some input files unreadable (predict); 2 bad input (UserError);
 # 3 the search stopped before its budget (workers failed); 130 interrupted (Ctrl-C, SIGTERM).
 EXIT_BAD_FILES, EXIT_USER_ERROR, EXIT_SHORT_OF_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+STATUS_ROWS = 50  # trials in `status`'s table unless --all
 
 
 def error_line(message: str) -> None:
@@ -341,7 +342,7 @@ def run(
 ) -> None:
     """Create or resume a study; N parallel workers optimise it until its budget is met.
     --set fixes a setting for every trial; it becomes part of the stored study."""
-    from carbrand_search.progress import RichRunProgress, study_line
+    from carbrand_search.progress import RichRunProgress, trials_line
     from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
     from carbrand_search.search.spec import load_spec, with_overrides
 
@@ -365,7 +366,7 @@ def run(
     if outcome.interrupted:
         err_console.print("interrupted: running trials marked FAIL; `run` again to resume")
         raise typer.Exit(EXIT_INTERRUPTED)
-    console.print(study_line(spec.name, outcome.trials, outcome.budget, spec.direction))
+    console.print(trials_line(spec.name, outcome.trials, outcome.budget, spec.direction))
     if not outcome.budget_met:
         error_line(
             f"{spec.name}: stopped short of its budget; worker exit codes "
@@ -441,14 +442,18 @@ def status(
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
     from carbrand_search.progress import status_table, study_line
-    from carbrand_search.search.storage import mask
-    from carbrand_search.search.study import budget, direction, open_study, trials
+    from carbrand_search.search.storage import mask, open_storage
+    from carbrand_search.search.study import budget, open_study, overview
 
     optuna_study = open_study(study, storage)
-    found = trials(optuna_study)
-    console.print(status_table(f"{study} ({mask(storage)})", found, None if all_trials else 50))
-    total = budget(optuna_study, default=len(found))
-    console.print(study_line(study, found, total, direction(optuna_study)))
+    # Read only what is shown: at 5,000 trials, loading every one takes seconds (bench/RESULTS.md).
+    view = overview(open_storage(storage), study, None if all_trials else STATUS_ROWS)
+    title = f"{study} ({mask(storage)})"
+    total = sum(view.counts.values())
+    if len(view.shown) < total:
+        title += f": the last {STATUS_ROWS} of {total} trials and every running one (--all: all)"
+    console.print(status_table(title, view.shown))
+    console.print(study_line(study, view.counts, budget(optuna_study, default=total), view.best))
 
 
 @app.command("studies")

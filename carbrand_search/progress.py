@@ -3,7 +3,7 @@ table of `status`; all drawn with rich from the search's typed records."""
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
@@ -23,7 +23,7 @@ from rich.text import Text
 from carbrand_search.core.metric import Direction, is_better
 from carbrand_search.core.terminal import tagged
 from carbrand_search.search import record
-from carbrand_search.search.study import best_trials, finished
+from carbrand_search.search.study import best_trials
 
 if TYPE_CHECKING:  # torch is slow to import; `status` and the live view never need it
     from torch import Tensor
@@ -124,15 +124,26 @@ def format_params(params: dict[str, object]) -> str:
     return ", ".join(f"{k.split('.', 1)[-1]}={short(v)}" for k, v in params.items())
 
 
-def study_line(name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction) -> str:
+def study_line(
+    name: str, states: Mapping[TrialState, int], budget: int, best: FrozenTrial | None
+) -> str:
     """One line: progress against the budget and the best value so far."""
-    states = Counter(t.state for t in trials)
-    ranked = best_trials(trials, direction)
-    best = f", best {ranked[0].value:.4f} (trial {ranked[0].number})" if ranked else ""
+    complete, pruned = states.get(TrialState.COMPLETE, 0), states.get(TrialState.PRUNED, 0)
+    so_far = f", best {best.value:.4f} (trial {best.number})" if best is not None else ""
     return (
-        f"{name}: {finished(trials)}/{budget} finished ({states[TrialState.COMPLETE]} complete, "
-        f"{states[TrialState.PRUNED]} pruned), {states[TrialState.FAIL]} failed, "
-        f"{states[TrialState.RUNNING]} running{best}"
+        f"{name}: {complete + pruned}/{budget} finished ({complete} complete, {pruned} pruned), "
+        f"{states.get(TrialState.FAIL, 0)} failed, {states.get(TrialState.RUNNING, 0)} running"
+        f"{so_far}"
+    )
+
+
+def trials_line(
+    name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction
+) -> str:
+    """`study_line` for trials already read."""
+    ranked = best_trials(trials, direction)
+    return study_line(
+        name, Counter(t.state for t in trials), budget, ranked[0] if ranked else None
     )
 
 
@@ -140,7 +151,7 @@ def live_view(
     name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction
 ) -> Table:
     """The `run` screen: the study line plus each running trial's worker and epoch."""
-    table = Table(title=study_line(name, trials, budget, direction), title_justify="left")
+    table = Table(title=trials_line(name, trials, budget, direction), title_justify="left")
     for column in ("worker", "trial", "epoch", "last val", "params"):
         table.add_column(column)
     for t in trials:
@@ -153,19 +164,12 @@ def live_view(
     return table
 
 
-def status_table(title: str, trials: Sequence[FrozenTrial], last: int | None = None) -> Table:
-    """`status`: each trial's state, value, parameters, duration and prune reason; with `last`,
-    only the `last` most recent trials and every running one (a table of thousands of rows
-    takes seconds to draw and nobody reads it)."""
-    shown = list(trials)
-    if last is not None and len(shown) > last:
-        recent = {t.number for t in shown[-last:]}
-        shown = [t for t in shown if t.number in recent or t.state == TrialState.RUNNING]
-        title += f", the last {last} of {len(trials)} trials (--all shows every one)"
+def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
+    """`status`: each trial's state, value, parameters, duration and prune reason."""
     table = Table(title=title)
     for column in ("#", "state", "value", "params", "duration", "prune reason"):
         table.add_column(column)
-    for t in shown:
+    for t in trials:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
         reason = record.read(t).prune_reason
         why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""

@@ -167,18 +167,20 @@ def test_a_pruned_trial_says_why_in_mlflow(demo_root: Path, tmp_path: Path) -> N
     assert f'"rule": "{rule}"' in found.data.tags["prune_reason"]
 
 
-def test_status_shows_the_last_trials_and_every_running_one() -> None:
-    from carbrand_search.progress import status_table
+def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
+    from carbrand_search.search.study import overview
 
-    study = optuna.create_study()
-    study.add_trials(
-        [optuna.trial.create_trial(value=float(i), params={}, distributions={}) for i in range(60)]
-    )
-    running = study.ask()  # trial 60
-    found = study.get_trials()
-    found.insert(0, found.pop())  # a running trial older than the last 50 still shows
-    table = status_table("tiny", found, last=50)
-    numbers = [int(cell) for cell in table.columns[0]._cells]
-    assert len(numbers) == 51 and running.number in numbers and 9 not in numbers
-    assert "the last 50 of 61 trials" in str(table.title)
-    assert len(status_table("tiny", found).columns[0]._cells) == 61
+    for url in (f"sqlite:///{tmp_path / 'a.db'}", f"journal://{tmp_path / 'j.log'}"):
+        study = optuna.create_study(study_name="big", storage=open_storage(url))
+        running = study.ask()  # trial 0: older than the last 50, still shown
+        for i in range(60):
+            done = optuna.trial.create_trial(value=float(i % 7), params={}, distributions={})
+            study.add_trial(done)
+        pruned = study.ask()
+        study.tell(pruned, state=TrialState.PRUNED)
+        view = overview(open_storage(url), "big", last=50)
+        expected = {TrialState.COMPLETE: 60, TrialState.RUNNING: 1, TrialState.PRUNED: 1}
+        assert view.counts == expected
+        assert [t.number for t in view.shown] == [running.number, *range(12, 62)]
+        assert view.best is not None and view.best.value == 0.0  # minimised
+        assert len(overview(open_storage(url), "big", last=None).shown) == 62

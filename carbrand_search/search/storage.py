@@ -1,11 +1,13 @@
 """Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry;
-artifact store root → Optuna artifact store. The one module that names Optuna's private
-`ArtifactStore` protocol (it has no public name); everyone else imports it from here."""
+artifact store root → Optuna artifact store. The one module that uses Optuna's private parts,
+each where Optuna has no public API: the `ArtifactStore` protocol's name (everyone else imports
+it from here) and its RDB trial table, for counting trials without loading them."""
 
 import contextlib
 import re
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,6 +18,7 @@ from optuna.artifacts._protocol import ArtifactStore as ArtifactStore  # no publ
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from carbrand_search.core.errors import UserError, first_line
 
@@ -178,3 +181,19 @@ class WholeFileArtifactStore(FileSystemArtifactStore):
             with contextlib.suppress(OSError, ValueError, ArtifactNotFound):
                 self.remove(artifact_id)
             raise
+
+
+def trial_counts(storage: optuna.storages.BaseStorage, study_id: int) -> Counter[TrialState]:
+    """Trials per state. On SQLite and PostgreSQL one COUNT query on Optuna's trial table (its
+    API can only load every trial, about 0.7 ms each); on a journal file by reading them."""
+    if isinstance(storage, RDBStorage):
+        from optuna.storages._rdb.models import TrialModel
+
+        query = (
+            sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
+            .where(TrialModel.study_id == study_id)
+            .group_by(TrialModel.state)
+        )
+        with storage.engine.connect() as connection:
+            return Counter({TrialState(state): n for state, n in connection.execute(query)})
+    return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))

@@ -18,7 +18,7 @@ from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.search import record
 from carbrand_search.search.pruners import make_pruner
-from carbrand_search.search.storage import mask, open_storage
+from carbrand_search.search.storage import mask, open_storage, trial_counts
 
 if TYPE_CHECKING:
     from carbrand_search.search.spec import StudySpec
@@ -239,3 +239,34 @@ def open_study(name: str, storage: str) -> optuna.Study:
         raise UserError(
             f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
         ) from None
+
+
+@dataclass(frozen=True)
+class StudyOverview:
+    """What `status` shows: trials per state, the best trial, and some trials in full."""
+
+    counts: Counter[TrialState]
+    best: FrozenTrial | None
+    shown: list[FrozenTrial]  # by number
+
+
+def overview(storage: optuna.storages.BaseStorage, name: str, last: int | None) -> StudyOverview:
+    """The study `name` for `status`: with `last`, only the last `last` trials and every running
+    one are read in full, so a study of thousands of trials reads as fast as a small one."""
+    study_id = storage.get_study_id_from_name(name)
+    if last is None:
+        shown = storage.get_all_trials(study_id, deepcopy=False)
+        counts = Counter(t.state for t in shown)
+    else:
+        counts = trial_counts(storage, study_id)
+        total = sum(counts.values())
+        recent = [
+            storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, n))
+            for n in range(max(0, total - last), total)
+        ]
+        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        shown = sorted({t.number: t for t in [*running, *recent]}.values(), key=lambda t: t.number)
+    best = None
+    if counts[TrialState.COMPLETE]:
+        best = storage.get_best_trial(study_id)
+    return StudyOverview(counts, best, shown)
