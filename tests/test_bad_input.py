@@ -186,14 +186,16 @@ def test_empty_space_is_allowed_and_empty_file_names_model(tmp_path: Path) -> No
 def test_dataset_edge_cases(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "d", {"Audi": 2, "Ford": 2})
     os.symlink(root / "train", root / "train" / "Audi" / "loop")  # a symlink loop into the tree
-    (root / "train" / "Ford" / "notes.txt").write_text("not an image")
+    (root / "train" / "Ford" / "notes.txt").write_text("not an image")  # clutter: skipped
+    (root / "train" / "Ford" / "notes.jpg").write_text("not an image")  # an image that fails
     (root / "val" / "Ford" / "empty.jpg").write_bytes(b"")
     tree = scan(root)  # linked folders are not followed, so the loop cannot hang the scan
     assert len(tree.splits["train"].files) == 5
-    with pytest.raises(UserError, match=r"notes\.txt: not a readable image"):
+    assert [p.name for p in tree.clutter] == ["notes.txt"]
+    with pytest.raises(UserError, match=r"notes\.jpg: not a readable image"):
         inspect(tree, skip_bad=False)
     summaries = inspect(tree, skip_bad=True)
-    assert {b.path.name for s in summaries.values() for b in s.bad} == {"notes.txt", "empty.jpg"}
+    assert {b.path.name for s in summaries.values() for b in s.bad} == {"notes.jpg", "empty.jpg"}
 
 
 @pytest.mark.parametrize(
