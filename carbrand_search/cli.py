@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from carbrand_search.core import defaults
-from carbrand_search.core.errors import UserError
+from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.core.terminal import PlainConsole, tagged
 
 if TYPE_CHECKING:
@@ -325,7 +325,10 @@ def run(
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     data: DataOpt = defaults.DATA,
     device: DeviceOpt = "auto",
-    workers_per_gpu: Annotated[int, typer.Option(help="Trials packed on one GPU.")] = 1,
+    workers_per_gpu: Annotated[
+        int | None,
+        typer.Option(help="At most this many trials on one GPU (default: spread, no limit)."),
+    ] = None,
     heartbeat: HeartbeatOpt = defaults.HEARTBEAT_S,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
@@ -436,13 +439,14 @@ def worker(
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
     storage: StorageOpt = defaults.STORAGE,
+    artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     all_trials: Annotated[
         bool, typer.Option("--all", help="Every trial, not only the last 50 and the running.")
     ] = False,
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
     from carbrand_search.progress import status_table, study_line
-    from carbrand_search.search.storage import mask, open_storage
+    from carbrand_search.search.storage import mask, open_storage, store_size
     from carbrand_search.search.study import budget, open_study, overview
 
     optuna_study = open_study(study, storage)
@@ -454,6 +458,12 @@ def status(
         title += f": the last {STATUS_ROWS} of {total} trials and every running one (--all: all)"
     console.print(status_table(title, view.shown))
     console.print(study_line(study, view.counts, budget(optuna_study, default=total), view.best))
+    try:
+        files, size = store_size(artifacts)
+    except Exception as e:  # an unreachable bucket must not hide the trials table
+        console.print(f"artifacts at {artifacts}: size unknown ({first_line(e, 200)})")
+    else:
+        console.print(f"artifacts: {size / 2**20:.1f} MB in {files} files at {artifacts}")
 
 
 @app.command("studies")

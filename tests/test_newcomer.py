@@ -184,3 +184,28 @@ def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
         assert [t.number for t in view.shown] == [running.number, *range(12, 62)]
         assert view.best is not None and view.best.value == 0.0  # minimised
         assert len(overview(open_storage(url), "big", last=None).shown) == 62
+
+
+def test_only_the_best_checkpoints_are_kept(demo_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=20, epochs=1)
+    study_file.write_text(
+        study_file.read_text().replace("n_trials = 20", "n_trials = 20\nkeep_checkpoints = 3")
+    )
+    assert run(study_file, url, demo_root, tmp_path).exit_code == 0
+    study = load(url)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    kept = {
+        t.number for t in complete if (tmp_path / "a" / str(record.read(t).checkpoint)).is_file()
+    }
+    best = sorted(complete, key=lambda t: t.value or 0.0, reverse=True)[:3]
+    assert len(complete) > 3 and kept == {t.number for t in best}
+    common = ["--storage", url, "--artifacts", str(tmp_path / "a")]
+    status = runner.invoke(app, ["status", "tiny", *common])
+    assert status.exit_code == 0 and "artifacts:" in status.output and "MB in" in status.output
+    gone = next(t.number for t in complete if t.number not in kept)
+    image = next((demo_root / "test").rglob("*.jpg"))
+    predicted = runner.invoke(
+        app, ["predict", str(image), "--study", "tiny", "--trial", str(gone), *common]
+    )
+    assert predicted.exit_code == 2 and "keep_checkpoints" in predicted.output

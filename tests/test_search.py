@@ -257,6 +257,21 @@ def test_workers_per_gpu_packs_trials_round_robin(monkeypatch: pytest.MonkeyPatc
         plan_devices("cuda", 5, 2)
 
 
+@pytest.mark.parametrize("gpus", [1, 2, 4])
+@pytest.mark.parametrize("workers", range(1, 9))
+def test_workers_spread_evenly_over_any_number_of_gpus(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, workers: int
+) -> None:
+    """`run --workers N` works on one GPU or many, no flag needed (it was refused with fewer
+    GPUs than workers); no GPU holds more than one worker above another."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    plan = plan_devices("auto", workers)
+    per_gpu = [sum(d == f"cuda:{g}" for d, _ in plan) for g in range(gpus)]
+    assert sum(per_gpu) == workers and max(per_gpu) - min(per_gpu) <= 1
+    assert all(threads >= 1 for _, threads in plan)
+
+
 @pytest.mark.parametrize("name", ["tpe", "random", "gp"])
 def test_parallel_workers_do_not_propose_alike(tmp_path: Path, name: str) -> None:
     """Four workers, each with the study file's sampler seeded by its own index (as

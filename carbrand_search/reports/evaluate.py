@@ -23,7 +23,7 @@ from carbrand_search.data.imagefolder import scan
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.search import record, space
 from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import stored_spec
+from carbrand_search.search.study import best_trials, stored_spec, trials
 from carbrand_search.training.fit import predict
 from carbrand_search.training.run import augment_for, build_model
 
@@ -95,6 +95,13 @@ def load_trial_model(
             OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
             TypeError,
         ) as e:  # fmt: skip
+            kept = spec.keep_checkpoints
+            ranked = [t.number for t in best_trials(trials(study), spec.direction)]
+            if kept and trial.number in ranked[kept:]:
+                raise UserError(
+                    f"trial {trial.number}: its checkpoint was removed (the study keeps the "
+                    f"weights of its best {kept} trials: [study] keep_checkpoints)"
+                ) from e
             raise UserError(
                 f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
                 f"({first_line(e, 200)})"

@@ -16,15 +16,18 @@ from carbrand_search.search.worker import WorkerPlan, worker_label, worker_main
 from carbrand_search.training.device import pinned_gpu, resolve_device
 
 
-def plan_devices(device: str, workers: int, workers_per_gpu: int) -> list[tuple[str, int]]:
-    """(device, torch threads) per worker: `cuda` spreads them round-robin over the visible GPUs,
-    `cuda:N` puts them all on GPU N, the CPU splits its cores evenly."""
+def plan_devices(
+    device: str, workers: int, workers_per_gpu: int | None = None
+) -> list[tuple[str, int]]:
+    """(device, torch threads) per worker: `cuda` spreads them round-robin over the visible GPUs
+    (as evenly as possible: no GPU holds two more than another), `cuda:N` puts them all on GPU
+    N, the CPU splits its cores evenly. `workers_per_gpu`, when given, is an upper bound."""
     resolved = resolve_device(device)
     if resolved.type == "cpu":
         cores = os.cpu_count() or 1
         return [("cpu", max(1, cores // workers)) for _ in range(workers)]
     gpus = [resolved.index or 0] if pinned_gpu(device) else list(range(torch.cuda.device_count()))
-    if workers > len(gpus) * workers_per_gpu:
+    if workers_per_gpu is not None and workers > len(gpus) * workers_per_gpu:
         raise UserError(
             f"--workers {workers} is more than {len(gpus)} GPU(s) × --workers-per-gpu "
             f"{workers_per_gpu}"

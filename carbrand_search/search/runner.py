@@ -62,13 +62,13 @@ class LaunchOptions:
     """What only `run` decides: how many workers, the budget, a warm start."""
 
     workers: int = 1
-    workers_per_gpu: int = 1
+    workers_per_gpu: int | None = None  # an upper bound; None: spread over the GPUs, no bound
     n_trials: int | None = None  # None: the stored budget, or the study file's
     warm_from: str | None = None  # another study in the same storage
     warm_top: int = 3
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.workers_per_gpu < 1 or self.warm_top < 1:
+        if self.workers < 1 or (self.workers_per_gpu or 1) < 1 or self.warm_top < 1:
             raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
 
 

@@ -47,6 +47,7 @@ class StudySpec:
     text: str
     description: str
     n_trials: int
+    keep_checkpoints: int  # the best K complete trials keep their weights; 0 = every trial
     base: RunConfig
     space: tuple[ParamSpec, ...]
     sampler: SamplerConfig
@@ -136,12 +137,16 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     study = dict(raw.get("study", {}))
     description = coerce(study.pop("description", ""), str, "study.description")
     n_trials = coerce(study.pop("n_trials", 20), int, "study.n_trials")
+    keep = coerce(study.pop("keep_checkpoints", 5), int, "study.keep_checkpoints")
     if study:
         raise ValueError(
-            f"unknown key study.{sorted(study)[0]} (known keys: description, n_trials)"
+            f"unknown key study.{sorted(study)[0]} "
+            "(known keys: description, n_trials, keep_checkpoints)"
         )
     if not 1 <= n_trials <= MAX_TRIALS:
         raise ValueError(f"study.n_trials must be in [1, {MAX_TRIALS}], got {n_trials}")
+    if not 0 <= keep <= MAX_TRIALS:
+        raise ValueError(f"study.keep_checkpoints must be in [0, {MAX_TRIALS}], got {keep}")
     model_table = dict(raw.get("model", {}))
     if "name" not in model_table:
         raise ValueError(f"model.name is required (one of {', '.join(sorted(models.REGISTRY))})")
@@ -165,6 +170,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         text=text,
         description=description,
         n_trials=n_trials,
+        keep_checkpoints=keep,
         base=base,
         space=space,
         sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),

@@ -197,3 +197,16 @@ def trial_counts(storage: optuna.storages.BaseStorage, study_id: int) -> Counter
         with storage.engine.connect() as connection:
             return Counter({TrialState(state): n for state, n in connection.execute(query)})
     return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
+def store_size(root: str) -> tuple[int, int]:
+    """(files, bytes) held by the artifact store at `root`: a folder, or an S3 bucket."""
+    if root.startswith("s3://"):
+        import boto3
+
+        pages = boto3.client("s3").get_paginator("list_objects_v2")
+        sizes = [o["Size"] for page in pages.paginate(Bucket=root.removeprefix("s3://").strip("/"))
+                 for o in page.get("Contents", [])]  # fmt: skip
+    else:
+        sizes = [p.stat().st_size for p in Path(root).rglob("*") if p.is_file()]
+    return len(sizes), sum(sizes)

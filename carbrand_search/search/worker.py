@@ -15,6 +15,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.search import record
+from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.storage import artifact_store, open_storage
@@ -80,7 +81,9 @@ def run_worker(plan: WorkerPlan) -> None:
     data = load_training_data(
         plan.data, spec.base.data, plan.cache, torch.device(plan.device), skip_bad=plan.skip_bad
     )
-    objective = Objective(spec, data, artifact_store(plan.artifacts), total, worker_label())
+    artifacts = artifact_store(plan.artifacts)
+    objective = Objective(spec, data, artifacts, total, worker_label())
+    keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
     reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
     failures = FailureGuard()
     outage = Backoff()
@@ -101,7 +104,7 @@ def run_worker(plan: WorkerPlan) -> None:
                 # Any exception fails just its trial (Optuna logs why); FailureGuard stops a
                 # worker whose trials keep failing, since that is a bug or a broken setup.
                 study.optimize(
-                    objective, n_trials=1, catch=(Exception,), callbacks=[failures],
+                    objective, n_trials=1, catch=(Exception,), callbacks=[failures, keeper],
                     gc_after_trial=True,
                 )  # fmt: skip
                 outage.reset()
