@@ -23,6 +23,7 @@ from rich.text import Text
 from carbrand_search.core.metric import Direction, is_better
 from carbrand_search.core.terminal import tagged
 from carbrand_search.search import record
+from carbrand_search.search.failures import KILLED
 from carbrand_search.search.study import best_trials
 
 if TYPE_CHECKING:  # torch is slow to import; `status` and the live view never need it
@@ -164,15 +165,25 @@ def live_view(
     return table
 
 
+def reason_text(trial: FrozenTrial) -> str:
+    """Why a trial was pruned (rule, epoch, numbers) or failed (kind: cause)."""
+    stored = record.read(trial)
+    if stored.prune_reason:
+        return ", ".join(f"{k}={short(v)}" for k, v in stored.prune_reason.items())
+    if trial.state == TrialState.FAIL:
+        kind = stored.failure_kind or KILLED  # no record: its worker died or was stopped
+        return f"{kind}: {stored.fail_reason}" if stored.fail_reason else kind
+    return ""
+
+
 def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
     """`status`: each trial's state, value, parameters, duration and prune reason."""
     table = Table(title=title)
-    for column in ("#", "state", "value", "params", "duration", "prune reason"):
+    for column in ("#", "state", "value", "params", "duration", "why pruned or failed"):
         table.add_column(column)
     for t in trials:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
-        reason = record.read(t).prune_reason
-        why = ", ".join(f"{k}={short(v)}" for k, v in reason.items()) if reason else ""
+        why = reason_text(t)
         value = f"{t.value:.4f}" if t.value is not None else ""
         table.add_row(str(t.number), t.state.name, value, format_params(t.params), duration, why)
     return table

@@ -33,6 +33,7 @@ from carbrand_search.reports.evaluate import (
 )
 from carbrand_search.reports.gradcam import overlays
 from carbrand_search.search import record, space
+from carbrand_search.search.failures import KILLED
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import (
     CollapseTally,
@@ -95,6 +96,7 @@ class Report:
     budget: int
     states: dict[str, int]
     collapse: CollapseTally
+    failures: dict[str, int]  # failed trials by kind (search/failures.py)
     images: dict[str, str]
     trials: list[TrialSection]
 
@@ -233,6 +235,13 @@ def build_report(
             budget=budget(study, default=len(found)),
             states=dict(Counter(t.state.name.lower() for t in found)),
             collapse=collapse_tally(found),
+            failures=dict(
+                Counter(
+                    record.read(t).failure_kind or KILLED
+                    for t in found
+                    if t.state == TrialState.FAIL
+                )
+            ),
             images=_study_views(study, found, work),
             trials=[_trial_section(study, t, artifacts, images, work) for t in ranked[:top]],
         )
@@ -284,6 +293,8 @@ def _summary_lines(report: Report) -> list[str]:
         f"(budget {report.budget}).",
         f"Pruned: {c.pruned} (rules: {rules}; at epochs {c.epochs or '—'}; "
         f"mean val loss / ln(classes) at pruning {_fmt(c.loss_ratio_mean)}).",
+        f"Failed: {sum(report.failures.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in report.failures.items()) or 'none'}).",
     ]
 
 

@@ -14,8 +14,14 @@ from torch import Tensor, nn
 
 from carbrand_search.core import plots
 from carbrand_search.core.config import RunConfig
-from carbrand_search.core.errors import first_line
 from carbrand_search.search import record, space
+from carbrand_search.search.failures import (
+    MAX_OOM_RETRIES,
+    OOM,
+    StoreUnwritable,
+    describe,
+    kind_of,
+)
 from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
@@ -82,8 +88,20 @@ class Objective:
         except (optuna.TrialPruned, BudgetReached):
             raise
         except Exception as e:  # recorded on the trial for `status` and the failure guard
-            record.failed(trial, f"{type(e).__name__}: {first_line(e)}")
+            kind = kind_of(e)
+            record.failed(trial, describe(e), kind)
+            if kind == OOM:
+                self._retry(trial)
             raise
+
+    def _retry(self, trial: optuna.Trial) -> None:
+        """Queue the same parameters again, never changed, up to MAX_OOM_RETRIES times."""
+        chain, number = 0, trial.number
+        by_number = {t.number: t for t in trials(trial.study)}
+        while (previous := record.read(by_number[number]).retry_of) is not None:
+            chain, number = chain + 1, previous
+        if chain < MAX_OOM_RETRIES:
+            trial.study.enqueue_trial(trial.params, user_attrs=record.retry(trial.number))
 
     def _upload(self, path: Path, trial: optuna.Trial) -> str:
         try:
@@ -91,7 +109,7 @@ class Objective:
                 artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
             )
         except OSError as e:
-            raise OSError(f"cannot write {path.name} to the artifact store: {e}") from e
+            raise StoreUnwritable(f"cannot write {path.name} to the artifact store: {e}") from e
 
     def _upload_pictures(
         self,
@@ -127,7 +145,7 @@ class Objective:
         except optuna.TrialPruned:
             raise  # the listener ended the tracker's run with the reason
         except Exception as e:
-            tracker.end("FAIL", f"{type(e).__name__}: {first_line(e)}")
+            tracker.end("FAIL", describe(e))
             raise
 
     def _train(self, trial: optuna.Trial, config: RunConfig, tracker: TrialTracker) -> float:

@@ -23,6 +23,8 @@ _VAL = "val"  # the best epoch's metrics
 _BEST_EPOCH = "best_epoch"
 _PRUNE_REASON = "prune_reason"
 _FAIL_REASON = "fail_reason"
+_FAILURE_KIND = "failure_kind"  # oom, storage, data or bug (search/failures.py)
+_RETRY_OF = "retry_of"  # the trial whose parameters this one runs again, after an OOM
 _SURPLUS = "surplus"  # started after the budget was already held by others
 _WARM_START = "warm_start"  # where an enqueued parameter set came from
 
@@ -40,6 +42,8 @@ class TrialRecord:
     best_epoch: int | None = None
     prune_reason: PruneReason | None = None
     fail_reason: str | None = None
+    failure_kind: str | None = None  # None on a FAIL trial: its worker died or was stopped
+    retry_of: int | None = None
     surplus: bool = False
     warm_start: str | None = None
 
@@ -62,6 +66,8 @@ def read(trial: FrozenTrial) -> TrialRecord:
         best_epoch=attrs.get(_BEST_EPOCH),
         prune_reason=attrs.get(_PRUNE_REASON),
         fail_reason=attrs.get(_FAIL_REASON),
+        failure_kind=attrs.get(_FAILURE_KIND),
+        retry_of=attrs.get(_RETRY_OF),
         surplus=bool(attrs.get(_SURPLUS, False)),
         warm_start=attrs.get(_WARM_START),
     )
@@ -88,8 +94,9 @@ def pruned(trial: optuna.Trial, reason: PruneReason) -> None:
     trial.set_user_attr(_PRUNE_REASON, reason)
 
 
-def failed(trial: optuna.Trial, reason: str) -> None:
+def failed(trial: optuna.Trial, reason: str, kind: str) -> None:
     trial.set_user_attr(_FAIL_REASON, reason)
+    trial.set_user_attr(_FAILURE_KIND, kind)
 
 
 def surplus(trial: optuna.Trial) -> None:
@@ -109,6 +116,11 @@ def completed(
     trial.set_user_attr(_BEST_EPOCH, best_epoch)
     trial.set_user_attr(_VAL, val)
     trial.set_user_attr(_CLASSES, list(classes))
+
+
+def retry(of: int) -> dict[str, int]:
+    """User attributes for `enqueue_trial`: these parameters run again after trial `of` failed."""
+    return {_RETRY_OF: of}
 
 
 def warm_start(origin: str) -> dict[str, str]:

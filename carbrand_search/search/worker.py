@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.search import record
 from carbrand_search.search.checkpoints import CheckpointKeeper
+from carbrand_search.search.failures import BUG
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.storage import artifact_store, open_storage
@@ -120,7 +121,8 @@ def run_worker(plan: WorkerPlan) -> None:
 
 
 class FailureGuard:
-    """Optuna callback: stop after `limit` failed trials in a row, saying why."""
+    """Optuna callback: stop at the first bug, or after `limit` failed trials in a row of any
+    other kind (a broken store, a dead GPU), saying why."""
 
     def __init__(self, limit: int = 3):
         self.limit = limit
@@ -132,6 +134,8 @@ class FailureGuard:
             self.in_a_row = 0
             return
         self.in_a_row += 1
+        if stored.failure_kind == BUG:
+            raise WorkerStopped(f"trial {trial.number} failed with a bug: {stored.fail_reason}")
         if self.in_a_row >= self.limit:
             reason = stored.fail_reason or "unknown error"
             raise WorkerStopped(
