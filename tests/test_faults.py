@@ -199,9 +199,9 @@ def test_compose_commands_run_a_study_against_postgres(
         )
         assert done.returncode == 0, done.stdout + done.stderr
     assert sum(t.state in FINISHED for t in trials_of(url)) == 3
-    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0][
-        "capabilities"
-    ] == ["gpu"]
+    gpus = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpus["capabilities"] == ["gpu"] and gpus["count"] == "all"  # N workers on N GPUs
+    assert services["worker"]["command"][1:4] == ["run", "${STUDY:-cnn-hpo}", "--workers"]
     text = (REPO / "docker-compose.yml").read_text()
     # Credentials only ever come from the environment (.env), never written in the file.
     assert re.search(r"://carbrand:(?!\$\{?POSTGRES_PASSWORD)", text) is None
