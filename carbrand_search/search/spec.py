@@ -235,29 +235,22 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, tuple[Any, str]]:
             value = parse_literal(text)
         except ValueError as e:
             raise UserError(f"--set {key}: {e}") from e
-        # Bare words are strings; written back as TOML they need quotes.
-        parsed[key] = (
-            value,
-            text if not isinstance(value, str) or _is_toml(text) else json.dumps(text),
-        )
+        # parse_literal gives a bare word back unchanged, as a string: written back as TOML, it
+        # needs quotes; anything it parsed is TOML text already.
+        parsed[key] = (value, json.dumps(text) if value == text else text)
     return parsed
 
 
-def _is_toml(text: str) -> bool:
+def _checked(config: RunConfig, parsed: dict[str, tuple[Any, str]]) -> RunConfig:
     try:
-        tomllib.loads(f"v = {text}")
-    except tomllib.TOMLDecodeError:
-        return False
-    return True
+        return with_values(config, {key: value for key, (value, _) in parsed.items()})
+    except (ValueError, UserError) as e:
+        raise UserError(f"--set: {e}") from e
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     """Apply `--set key=value` strings together; errors name the override."""
-    values = {key: value for key, (value, _) in parse_overrides(overrides).items()}
-    try:
-        return with_values(config, values)
-    except (ValueError, UserError) as e:
-        raise UserError(f"--set: {e}") from e
+    return _checked(config, parse_overrides(overrides))
 
 
 def with_overrides(spec: StudySpec, overrides: Iterable[str]) -> StudySpec:
@@ -269,7 +262,7 @@ def with_overrides(spec: StudySpec, overrides: Iterable[str]) -> StudySpec:
         return spec
     if "overrides" in tomllib.loads(spec.text):
         raise UserError(f"--set: {spec.path} has an [overrides] table already; set them there")
-    apply_overrides(spec.base, [f"{key}={text}" for key, (_, text) in parsed.items()])
+    _checked(spec.base, parsed)  # errors name the override, before the text is built
     lines = [f"{json.dumps(key)} = {text}" for key, (_, text) in parsed.items()]
     text = spec.text.rstrip("\n") + "\n\n[overrides]  # run --set\n" + "\n".join(lines) + "\n"
     try:
