@@ -3,6 +3,7 @@ remember the data, OS clutter in datasets, the evidence on the dashboard for pru
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
+from carbrand_search.search.runner import RunOptions, preflight
+from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import open_storage
 from carbrand_search.search.study import stored_spec
 
@@ -92,6 +95,11 @@ def test_clutter_is_skipped_and_counted(tmp_path: Path) -> None:
     checked = runner.invoke(app, ["data", "check", str(root)])
     assert checked.exit_code == 0, checked.output
     assert f"skipped {len(clutter)} file(s) that are not images" in checked.output
+    notes: list[str] = []  # `run`'s preflight says it too, before any worker starts
+    progress = SimpleNamespace(note=notes.append, warning=notes.append, decoding=lambda *a: None)
+    spec = load_spec(str(write_study(tmp_path)))
+    preflight(spec, RunOptions(data=root, artifacts=str(tmp_path / "a")), progress)  # type: ignore[arg-type]
+    assert any(f"skipped {len(clutter)} file(s) that are not images" in n for n in notes)
     (root / "train" / "Audi" / "broken.jpg").write_bytes(b"not a jpeg")
     broken = runner.invoke(app, ["data", "check", str(root)])
     assert broken.exit_code == 2 and "broken.jpg" in broken.output  # an image that fails
