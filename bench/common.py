@@ -5,6 +5,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -147,6 +148,13 @@ def timed_run(
         "pruned": sum(t.state == TrialState.PRUNED for t in done),
         "epochs_run": sum(len(record.epochs(t)) for t in done),
         "best": round(max(complete), 4) if complete else None,
+        # Placement and packing: where each trial ran and the GPU memory it needed at most.
+        "devices": dict(Counter(record.read(t).device or "?" for t in done)),
+        "peak_memory_gib": {
+            t.number: round(peak / 2**30, 3)
+            for t in done
+            if (peak := record.read(t).peak_memory) is not None
+        },
     }
 
 

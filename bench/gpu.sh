@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 5 in one call, on one CUDA GPU (H100/H200):
+# Every GPU figure of issues 5 and 13 in one call, on one CUDA GPU (H100/H200):
 #   bench/throughput.py  pipeline efficiency, images/s per model, K = 1, 2, 4 trainings packed on the GPU
-#   bench/study.py       trials/hour with 1, 2, 4 workers per GPU, 10-epoch trials, with and without
-#                        torch.compile, for small_cnn and efficientnet_b0 at 224 px
+#   bench/study.py       trials/hour, train images/s and each trial's device and peak GPU memory with
+#                        1, 2, 4 workers packed on the GPU (issue 13's placement and packing),
+#                        10-epoch trials, with and without torch.compile, small_cnn and efficientnet_b0
 # Usage: bash bench/gpu.sh [OUT_DIR]     (JSON results and the log land in OUT_DIR, default bench/results)
 # Runs from the repo root without installing the package (PYTHONPATH). Where optuna and grad-cam
 # are missing (the lent GPU machines lack optuna, sqlalchemy, alembic, Mako, colorlog, greenlet,

@@ -91,7 +91,7 @@ def fill(study: optuna.Study, spec_n: int, epochs: int, seed: int = 0) -> float:
         trial = study.ask()
         space.sample(trial, spec)
         history = [epoch_record(e, rng) for e in range(1, epochs + 1)]
-        record.started(trial, f"bench-host:{1000 + i % 8}")
+        record.started(trial, f"bench-host:{1000 + i % 8}", f"cuda:{i % 8}")
         for m in history:
             trial.report(m["val_macro_f1"], int(m["epoch"]))
         record.epoch_started(trial, epochs)

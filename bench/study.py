@@ -1,5 +1,6 @@
 """Trials per hour of a fixed small study on demo data with 1, 2, 4 … workers (on CUDA: K workers
-packed on one GPU), optionally with `train.compile = true` beside it.
+packed on one GPU, with each trial's device and peak GPU memory), optionally with
+`train.compile = true` beside it.
 
     python bench/study.py [--workers 1 2 4] [--per-gpu 1 2 4] [--model small_cnn|efficientnet_b0]
                           [--trials 8] [--epochs 4] [--size 64] [--per-class 60] [--compile]
@@ -63,7 +64,7 @@ def main() -> None:
         warm_cache(studies[False], data, cache)
         print(
             f"{'workers':>8} {'per GPU':>8} {'compile':>8} {'seconds':>8} {'trials':>7} "
-            f"{'trials/h':>9} {'train img/s':>12}",
+            f"{'trials/h':>9} {'train img/s':>12} {'peak GiB/trial':>15}",
             flush=True,
         )
         rows = []
@@ -74,11 +75,12 @@ def main() -> None:
                 row = timed_run(study, data, run_dir / "study.db", workers, cache, per_gpu)
                 row["compile"] = compiled
                 row["train_img_s"] = round(row["epochs_run"] * train_images / row["seconds"], 1)
+                peak = max(row["peak_memory_gib"].values(), default="-")
                 rows.append(row)
                 print(
                     f"{workers:>8} {per_gpu if cuda else '-':>8} {compiled!s:>8} "
                     f"{row['seconds']:>8} {row['trials']:>7} {row['trials_per_hour']:>9} "
-                    f"{row['train_img_s']:>12}",
+                    f"{row['train_img_s']:>12} {peak:>15}",
                     flush=True,
                 )
     base = rows[0]["trials_per_hour"]

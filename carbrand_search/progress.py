@@ -176,16 +176,35 @@ def reason_text(trial: FrozenTrial) -> str:
     return ""
 
 
+def history_text(trial: FrozenTrial) -> str:
+    """Where a trial ran and what it carried on: device, peak GPU memory, retry, resume."""
+    stored = record.read(trial)
+    parts = [stored.device or ""]
+    if stored.peak_memory is not None:
+        parts[0] += f" {stored.peak_memory / 2**30:.1f} GiB"
+    if stored.retry_of is not None:
+        parts.append(f"retry of #{stored.retry_of}")
+    if stored.resumed_from is not None:
+        at = stored.resumed_from
+        batches = f" + {at['batch']} batches" if at["batch"] else ""
+        parts.append(f"resumed after epoch {at['epoch']}{batches}")
+    return ", ".join(p for p in parts if p)
+
+
 def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
-    """`status`: each trial's state, value, parameters, duration and prune reason."""
+    """`status`: each trial's state, value, parameters, duration, why it was pruned or failed,
+    and where it ran (device, peak memory, retry, resume)."""
     table = Table(title=title)
-    for column in ("#", "state", "value", "params", "duration", "why pruned or failed"):
+    columns = ("#", "state", "value", "params", "duration", "why pruned or failed", "ran on")
+    for column in columns:
         table.add_column(column)
     for t in trials:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
-        why = reason_text(t)
         value = f"{t.value:.4f}" if t.value is not None else ""
-        table.add_row(str(t.number), t.state.name, value, format_params(t.params), duration, why)
+        table.add_row(
+            str(t.number), t.state.name, value, format_params(t.params), duration,
+            reason_text(t), history_text(t),
+        )  # fmt: skip
     return table
 
 

@@ -141,12 +141,30 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_cli(*args: str) -> subprocess.Popen:
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`carbrand-search ARGS` in a subprocess, stdout and stderr together, SIGINT as in a shell."""
     return subprocess.Popen(
         cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_default_sigint, env=env,
     )  # fmt: skip
+
+
+def injected(folder: Path, code: str) -> dict[str, str]:
+    """An environment whose Python processes (a `run` and the workers it spawns) run `code`
+    at start-up, as a `sitecustomize` module: how a test makes a real worker process fail at
+    a chosen point, with nothing for tests in the package itself."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(code)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP) right now."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
 
 
 def trials_of(url: str, name: str = "tiny") -> list[FrozenTrial]:

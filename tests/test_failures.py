@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from carbrand_search.progress import reason_text
 from carbrand_search.search import objective as objective_module
 from carbrand_search.search import record
-from carbrand_search.search.failures import MAX_OOM_RETRIES
+from carbrand_search.search.failures import RETRIES
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
@@ -39,10 +39,10 @@ def test_out_of_memory_queues_the_same_parameters_a_bounded_number_of_times(
 
     monkeypatch.setattr(objective_module, "fit_config", out_of_memory)
     guard = FailureGuard(limit=100)
-    for _ in range(MAX_OOM_RETRIES + 1):
+    for _ in range(RETRIES["oom"] + 1):
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[guard])
     found = study.get_trials()
-    assert [t.state for t in found] == [TrialState.FAIL] * (MAX_OOM_RETRIES + 1)  # none queued
+    assert [t.state for t in found] == [TrialState.FAIL] * (RETRIES["oom"] + 1)  # none queued
     assert all(record.read(t).failure_kind == "oom" for t in found)
     assert [record.read(t).retry_of for t in found] == [None, 0, 1, 2]
     assert all(t.params == found[0].params for t in found)  # parameters never change

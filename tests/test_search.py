@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 from conftest import (
+    FINISHED,
     REPO,
     alive,
     cli,
@@ -191,13 +192,18 @@ def test_signal_stops_run_cleanly_and_run_resumes(
     assert proc.returncode == 130, output
     assert "interrupted" in output
     found = trials_of(url)
+    stopped = record.read(next(t for t in found if t.number == caught.number))
     assert next(t for t in found if t.number == caught.number).state == TrialState.FAIL
+    assert stopped.failure_kind == "killed" and "SIGTERM" in (stopped.fail_reason or "")
     pids = {record.read(t).pid for t in found} - {None}
     assert pids and not any(alive(p) for p in pids if p is not None)  # no orphaned workers
     assert TrialState.RUNNING not in states(url)
     resumed = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert finished(url) == 3
+    # A preempted trial runs again with its parameters (from its last saved epoch, if any).
+    (retry,) = [t for t in trials_of(url) if record.read(t).retry_of == caught.number]
+    assert retry.params == caught.params and retry.state in FINISHED
 
 
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:

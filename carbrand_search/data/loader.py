@@ -42,13 +42,15 @@ class DeviceSplit:
         batch_size: int,
         generator: torch.Generator | None = None,
         draw_weights: Tensor | None = None,
+        skip: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(images, labels) batches; shuffled when a generator is given, in order otherwise.
         With `draw_weights` (one per sample) an epoch is as many draws with replacement, each
-        sample drawn in proportion to its weight."""
+        sample drawn in proportion to its weight. The first `skip` batches are left out (the
+        order is drawn all the same, so a resumed epoch goes on as it began)."""
         n = len(self)
         if generator is None:
-            for start in range(0, n, batch_size):
+            for start in range(skip * batch_size, n, batch_size):
                 yield (
                     self._on_device(self.images[start : start + batch_size]),
                     self.labels[start : start + batch_size],
@@ -61,7 +63,7 @@ class DeviceSplit:
         )
         # One copy of the order per device and epoch, not a host-to-GPU copy per batch.
         image_order, label_order = order.to(self.images.device), order.to(self.device)
-        for start in range(0, n, batch_size):
+        for start in range(skip * batch_size, n, batch_size):
             images = self._gather(image_order[start : start + batch_size])
             yield self._on_device(images), self.labels[label_order[start : start + batch_size]]
 

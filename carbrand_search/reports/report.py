@@ -97,6 +97,8 @@ class Report:
     states: dict[str, int]
     collapse: CollapseTally
     failures: dict[str, int]  # failed trials by kind (search/failures.py)
+    retries: int  # trials that ran a failed trial's parameters again
+    resumed: int  # of those, how many continued from the failed trial's last resume point
     images: dict[str, str]
     trials: list[TrialSection]
 
@@ -242,6 +244,8 @@ def build_report(
                     if t.state == TrialState.FAIL
                 )
             ),
+            retries=sum(record.read(t).retry_of is not None for t in found),
+            resumed=sum(record.read(t).resumed_from is not None for t in found),
             images=_study_views(study, found, work),
             trials=[_trial_section(study, t, artifacts, images, work) for t in ranked[:top]],
         )
@@ -294,7 +298,9 @@ def _summary_lines(report: Report) -> list[str]:
         f"Pruned: {c.pruned} (rules: {rules}; at epochs {c.epochs or '—'}; "
         f"mean val loss / ln(classes) at pruning {_fmt(c.loss_ratio_mean)}).",
         f"Failed: {sum(report.failures.values())} "
-        f"({', '.join(f'{k} {v}' for k, v in report.failures.items()) or 'none'}).",
+        f"({', '.join(f'{k} {v}' for k, v in report.failures.items()) or 'none'}); "
+        f"retried with the same parameters: {report.retries}, "
+        f"{report.resumed} of them from a saved epoch.",
     ]
 
 

@@ -1,10 +1,13 @@
 """Why a trial failed, told apart: the kind decides whether it is retried or stops the worker.
 
-- `oom`: CUDA ran out of memory; the same parameters are queued again (memory may be there later).
+Infrastructure kinds are retried with the same parameters (from the trial's last resume point),
+at most `RETRIES[kind]` times in a row; a failed trial never counts against the budget.
+- `oom`: CUDA ran out of memory; the retry waits for a GPU with no other trial on it.
 - `storage`: the database or the artifact store could not be reached or written.
-- `data`: an image could not be read at run time.
-- `killed`: the worker stopped answering (no heartbeat) or was stopped; Optuna re-queues it.
-- `bug`: anything else; the worker stops at the first one, with the cause in one line.
+- `killed`: the worker stopped answering (stale heartbeat: Optuna queues the retry) or was
+  stopped by SIGTERM / Ctrl-C (preemption).
+- `data`: an image could not be read at run time; not retried (the file stays unreadable).
+- `bug`: anything else; not retried, and the worker stops at once, with the cause in one line.
 """
 
 import traceback
@@ -17,7 +20,7 @@ from carbrand_search.core.errors import first_line
 from carbrand_search.data.imagefolder import BadImage
 
 OOM, STORAGE, DATA, KILLED, BUG = "oom", "storage", "data", "killed", "bug"
-MAX_OOM_RETRIES = 3  # the same parameters queued again after an out-of-memory error at most
+RETRIES = {OOM: 3, STORAGE: 3, KILLED: 3}  # how often the same parameters run again, at most
 
 
 class StoreUnwritable(OSError):
@@ -32,15 +35,21 @@ def kind_of(error: BaseException) -> str:
         return OOM
     if isinstance(error, sqlalchemy.exc.OperationalError | StoreUnwritable):
         return STORAGE
+    if type(error).__module__.startswith("botocore"):
+        return STORAGE  # S3 still failing after the store's own retries
     if isinstance(error, BadImage):
         return DATA
-    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
-        return KILLED  # its heartbeat lapsed (a paused machine) and the trial was run elsewhere
+    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError | KeyboardInterrupt):
+        # Its heartbeat lapsed (a paused machine) and the trial was run elsewhere, or the worker
+        # was told to stop (SIGTERM, Ctrl-C).
+        return KILLED
     return BUG
 
 
 def describe(error: BaseException) -> str:
     """One line: type and message; for a bug also the innermost frame of this package."""
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped by SIGTERM or Ctrl-C (preemption, docker stop, kill)"
     line = f"{type(error).__name__}: {first_line(error)}"
     if kind_of(error) != BUG:
         return line

@@ -11,6 +11,8 @@ from optuna.trial import TrialState
 
 from carbrand_search.core.errors import UserError
 from carbrand_search.search import record
+from carbrand_search.search.failures import KILLED
+from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.study import trials
 from carbrand_search.search.worker import WorkerPlan, worker_label, worker_main
 from carbrand_search.training.device import pinned_gpu, resolve_device
@@ -48,7 +50,8 @@ def start_workers(plans: list[WorkerPlan]) -> list[BaseProcess]:
 
 
 def stop_workers(processes: list[BaseProcess], study: optuna.Study, timeout_s: float = 15) -> None:
-    """Stop workers; any trial of theirs still RUNNING afterwards is marked FAIL."""
+    """Stop workers; any trial of theirs still RUNNING afterwards (a worker killed or dead) is
+    marked FAIL and its parameters queued again, to resume from its last resume point."""
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -62,3 +65,4 @@ def stop_workers(processes: list[BaseProcess], study: optuna.Study, timeout_s: f
     for trial in trials(study, TrialState.RUNNING):
         if record.read(trial).worker in labels:
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            queue_retry(study, trial.number, trial.params, KILLED)

@@ -15,20 +15,18 @@ from torch import Tensor, nn
 from carbrand_search.core import plots
 from carbrand_search.core.config import RunConfig
 from carbrand_search.search import record, space
-from carbrand_search.search.failures import (
-    MAX_OOM_RETRIES,
-    OOM,
-    StoreUnwritable,
-    describe,
-    kind_of,
-)
+from carbrand_search.search.failures import StoreUnwritable, describe, kind_of
 from carbrand_search.search.pruners import collapse_reason
+from carbrand_search.search.resume import ResumeSaver, inherited
+from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import held, trials
 from carbrand_search.search.tracking import TrialTracker
+from carbrand_search.training.device import PeakMemory
 from carbrand_search.training.fit import EpochMetrics, predict
 from carbrand_search.training.run import TrainingData, augment_for, fit_config, new_model
+from carbrand_search.training.state import FitState
 
 
 class BudgetReached(Exception):
@@ -46,6 +44,15 @@ class TrialListener:
     on_prune: Callable[[list[record.EpochRecord]], None]
     tracker: TrialTracker
     epochs: list[record.EpochRecord] = field(default_factory=list)
+
+    def resumed(self, history: tuple[record.EpochRecord, ...]) -> None:
+        """Carry over the epochs trained before the resume point, for the pruner too."""
+        self.epochs = list(history)
+        record.epochs_done(self.trial, self.epochs)
+        for metrics in history:
+            value = metrics[self.spec.base.train.monitor]
+            if math.isfinite(value):
+                self.trial.report(value, int(metrics["epoch"]))
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         record.epoch_started(self.trial, epoch)
@@ -83,25 +90,40 @@ class Objective:
     worker: str
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if held(trials(trial.study), before=trial.number) >= self.budget:
+            record.surplus(trial)
+            raise BudgetReached
+        device = self.data.train.device
+        record.started(trial, self.worker, str(device))
+        saver = ResumeSaver(self.artifacts, trial, self.spec.resume_every_s)
         try:
-            return self._run(trial)
-        except (optuna.TrialPruned, BudgetReached):
+            with PeakMemory(device, lambda size: record.peak_memory(trial, size)):
+                value = self._run(trial, saver)
+        except optuna.TrialPruned:
+            saver.discard()
             raise
-        except Exception as e:  # recorded on the trial for `status` and the failure guard
+        except BaseException as e:  # recorded on the trial for `status` and the failure guard
             kind = kind_of(e)
             record.failed(trial, describe(e), kind)
-            if kind == OOM:
-                self._retry(trial)
+            if not queue_retry(trial.study, trial.number, trial.params, kind):
+                saver.discard()
             raise
+        saver.discard()
+        return value
 
-    def _retry(self, trial: optuna.Trial) -> None:
-        """Queue the same parameters again, never changed, up to MAX_OOM_RETRIES times."""
-        chain, number = 0, trial.number
-        by_number = {t.number: t for t in trials(trial.study)}
-        while (previous := record.read(by_number[number]).retry_of) is not None:
-            chain, number = chain + 1, previous
-        if chain < MAX_OOM_RETRIES:
-            trial.study.enqueue_trial(trial.params, user_attrs=record.retry(trial.number))
+    def _take_over(
+        self, trial: optuna.Trial, saver: ResumeSaver, listener: TrialListener
+    ) -> FitState | None:
+        """The state to resume from when `trial` retries a failed trial that left one."""
+        found = inherited(trial, self.artifacts)
+        if found is None:
+            record.epochs_done(trial, [])  # a retry that starts over: not its predecessor's
+            return None
+        previous, point, state = found
+        record.resumed(trial, previous, point)
+        saver.adopt(point)
+        listener.resumed(state.history)
+        return state
 
     def _upload(self, path: Path, trial: optuna.Trial) -> str:
         try:
@@ -133,29 +155,28 @@ class Objective:
                 self._upload(picture, trial)
             tracker.pictures(pictures)
 
-    def _run(self, trial: optuna.Trial) -> float:
-        if held(trials(trial.study), before=trial.number) >= self.budget:
-            record.surplus(trial)
-            raise BudgetReached
-        record.started(trial, self.worker)
+    def _run(self, trial: optuna.Trial, saver: ResumeSaver) -> float:
         config = self.spec.resolve(space.sample(trial, self.spec))
         tracker = TrialTracker(self.spec.tracking, self.spec.name, trial.number, trial.params)
         try:
-            return self._train(trial, config, tracker)
+            return self._train(trial, config, tracker, saver)
         except optuna.TrialPruned:
             raise  # the listener ended the tracker's run with the reason
-        except Exception as e:
+        except BaseException as e:
             tracker.end("FAIL", describe(e))
             raise
 
-    def _train(self, trial: optuna.Trial, config: RunConfig, tracker: TrialTracker) -> float:
+    def _train(
+        self, trial: optuna.Trial, config: RunConfig, tracker: TrialTracker, saver: ResumeSaver
+    ) -> float:
         model = new_model(config, len(self.data.tree.classes))
 
         def evidence(history: list[record.EpochRecord]) -> None:
             self._upload_pictures(trial, model, config, history, tracker)
 
         listener = TrialListener(trial, self.spec, evidence, tracker)
-        result = fit_config(model, config, self.data, listener)
+        state = self._take_over(trial, saver, listener)
+        result = fit_config(model, config, self.data, listener, resume=state, checkpointer=saver)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))

@@ -5,16 +5,21 @@ the functions below and reads a typed `TrialRecord`, so a renamed key is a type 
 silently empty column.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 EpochRecord = dict[str, float]  # one epoch's metrics, as `EpochMetrics.to_dict()` gives them
 PruneReason = dict[str, Any]  # {"rule": "one-class", "epoch": 4, …}: why a trial was pruned
 
 _WORKER = "worker"  # host:pid of the process running the trial
+_DEVICE = "device"  # where it trains: cpu, cuda:0 …
+_PEAK_MEMORY = "peak_memory"  # bytes of GPU memory the trial needed at most (CUDA only)
+_RESUME = "resume"  # the trial's latest resume point (a ResumePoint)
+_RESUMED_FROM = "resumed_from"  # {"trial", "epoch", "batch"}: where this retry took over
 _EPOCH = "epoch"  # the epoch running now
 _EPOCHS = "epochs"  # every finished epoch's metrics
 _CHECKPOINT = "checkpoint"  # artifact id of the best epoch's weights
@@ -24,9 +29,18 @@ _BEST_EPOCH = "best_epoch"
 _PRUNE_REASON = "prune_reason"
 _FAIL_REASON = "fail_reason"
 _FAILURE_KIND = "failure_kind"  # oom, storage, data or bug (search/failures.py)
-_RETRY_OF = "retry_of"  # the trial whose parameters this one runs again, after an OOM
+_RETRY_OF = "retry_of"  # the trial whose parameters this one runs again (failures.retry)
 _SURPLUS = "surplus"  # started after the budget was already held by others
 _WARM_START = "warm_start"  # where an enqueued parameter set came from
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A trial's saved training state: after `epoch` epochs and `batch` more batches."""
+
+    artifact: str
+    epoch: int
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,10 @@ class TrialRecord:
     """What carbrand-search stored on one trial (fields absent on the trial are empty)."""
 
     worker: str | None = None
+    device: str | None = None
+    peak_memory: int | None = None
+    resume: ResumePoint | None = None
+    resumed_from: dict[str, int] | None = None
     epoch: int | None = None
     epochs: tuple[EpochRecord, ...] = ()
     checkpoint: str | None = None
@@ -43,7 +61,7 @@ class TrialRecord:
     prune_reason: PruneReason | None = None
     fail_reason: str | None = None
     failure_kind: str | None = None  # None on a FAIL trial: its worker died or was stopped
-    retry_of: int | None = None
+    retry_of: int | None = None  # the failed trial whose parameters this one runs again
     surplus: bool = False
     warm_start: str | None = None
 
@@ -56,8 +74,16 @@ class TrialRecord:
 def read(trial: FrozenTrial) -> TrialRecord:
     """The record of `trial`."""
     attrs = trial.user_attrs
+    # Optuna's heartbeat retry copies the user attributes of the trial it retries and lists the
+    # retried trials in order; the last one is this trial's direct predecessor.
+    retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    resume = attrs.get(_RESUME)
     return TrialRecord(
         worker=attrs.get(_WORKER),
+        device=attrs.get(_DEVICE),
+        peak_memory=attrs.get(_PEAK_MEMORY),
+        resume=ResumePoint(**resume) if resume else None,
+        resumed_from=attrs.get(_RESUMED_FROM),
         epoch=attrs.get(_EPOCH),
         epochs=tuple(attrs.get(_EPOCHS, ())),
         checkpoint=attrs.get(_CHECKPOINT),
@@ -67,7 +93,7 @@ def read(trial: FrozenTrial) -> TrialRecord:
         prune_reason=attrs.get(_PRUNE_REASON),
         fail_reason=attrs.get(_FAIL_REASON),
         failure_kind=attrs.get(_FAILURE_KIND),
-        retry_of=attrs.get(_RETRY_OF),
+        retry_of=retried[-1] if retried else attrs.get(_RETRY_OF),
         surplus=bool(attrs.get(_SURPLUS, False)),
         warm_start=attrs.get(_WARM_START),
     )
@@ -78,8 +104,23 @@ def epochs(trial: FrozenTrial) -> tuple[EpochRecord, ...]:
     return tuple(trial.user_attrs.get(_EPOCHS, ()))
 
 
-def started(trial: optuna.Trial, worker: str) -> None:
+def started(trial: optuna.Trial, worker: str, device: str) -> None:
     trial.set_user_attr(_WORKER, worker)
+    trial.set_user_attr(_DEVICE, device)
+
+
+def resume_saved(trial: optuna.Trial, point: ResumePoint | None) -> None:
+    """The trial's latest resume point; None once it is removed."""
+    trial.set_user_attr(_RESUME, asdict(point) if point else None)
+
+
+def resumed(trial: optuna.Trial, of: int, point: ResumePoint) -> None:
+    """This trial continues trial `of` from `point`."""
+    trial.set_user_attr(_RESUMED_FROM, {"trial": of, "epoch": point.epoch, "batch": point.batch})
+
+
+def peak_memory(trial: optuna.Trial, size: int) -> None:
+    trial.set_user_attr(_PEAK_MEMORY, size)
 
 
 def epoch_started(trial: optuna.Trial, epoch: int) -> None:

@@ -48,6 +48,7 @@ class StudySpec:
     description: str
     n_trials: int
     keep_checkpoints: int  # the best K complete trials keep their weights; 0 = every trial
+    resume_every_s: float  # within an epoch, save a resume point this often (also every epoch)
     base: RunConfig
     space: tuple[ParamSpec, ...]
     sampler: SamplerConfig
@@ -138,11 +139,14 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     description = coerce(study.pop("description", ""), str, "study.description")
     n_trials = coerce(study.pop("n_trials", 20), int, "study.n_trials")
     keep = coerce(study.pop("keep_checkpoints", 5), int, "study.keep_checkpoints")
+    resume_every_s = coerce(study.pop("resume_every_s", 300.0), float, "study.resume_every_s")
     if study:
         raise ValueError(
             f"unknown key study.{sorted(study)[0]} "
-            "(known keys: description, n_trials, keep_checkpoints)"
+            "(known keys: description, n_trials, keep_checkpoints, resume_every_s)"
         )
+    if not 0 <= resume_every_s <= 86_400:
+        raise ValueError(f"study.resume_every_s must be in [0, 86400] s, got {resume_every_s}")
     if not 1 <= n_trials <= MAX_TRIALS:
         raise ValueError(f"study.n_trials must be in [1, {MAX_TRIALS}], got {n_trials}")
     if not 0 <= keep <= MAX_TRIALS:
@@ -171,6 +175,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         description=description,
         n_trials=n_trials,
         keep_checkpoints=keep,
+        resume_every_s=resume_every_s,
         base=base,
         space=space,
         sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),

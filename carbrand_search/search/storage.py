@@ -21,12 +21,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from carbrand_search.core.errors import UserError, first_line
+from carbrand_search.search.failures import KILLED, RETRIES
 
 # Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 GRACE_FACTOR = 4  # a trial silent for this many heartbeats is failed and retried
-MAX_RETRY = 3
 POOL_RECYCLE_S = 1800
 # libpq settings: give up connecting after 10 s; TCP keepalives find a dead peer within about a
 # minute; tcp_user_timeout (ms) bounds how long unacknowledged data may wait, so a half-open
@@ -121,7 +121,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
             "heartbeat_interval": heartbeat_s,
             "grace_period": heartbeat_s * GRACE_FACTOR,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY
+                max_retry=RETRIES[KILLED]
             ),
         }
     try:

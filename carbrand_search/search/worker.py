@@ -15,6 +15,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.search import record
+from carbrand_search.search.admission import wait_reason
 from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.failures import BUG
 from carbrand_search.search.objective import Objective
@@ -28,6 +29,7 @@ from carbrand_search.search.study import (
     stored_spec,
     trials,
 )
+from carbrand_search.training.device import available_memory
 from carbrand_search.training.run import load_training_data
 
 
@@ -88,6 +90,7 @@ def run_worker(plan: WorkerPlan) -> None:
     reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
     failures = FailureGuard()
     outage = Backoff()
+    memory = MemoryWait()
     try:
         while True:
             try:
@@ -101,6 +104,10 @@ def run_worker(plan: WorkerPlan) -> None:
                     # The last trials belong to others; wait in case one dies and is re-queued.
                     time.sleep(2)
                     optuna.storages.fail_stale_trials(study)
+                    continue
+                free = available_memory(data.train.device)
+                device, host = str(data.train.device), socket.gethostname()
+                if memory.holds(wait_reason(everything, device, host, free)):
                     continue
                 # Any exception fails just its trial (Optuna logs why); FailureGuard stops a
                 # worker whose trials keep failing, since that is a bug or a broken setup.
@@ -141,6 +148,30 @@ class FailureGuard:
             raise WorkerStopped(
                 f"{self.limit} trials in a row failed; the last (trial {trial.number}): {reason}"
             )
+
+
+class MemoryWait:
+    """Waits (5 s at a time, saying why once) while `admission` holds the next trial back; after
+    `patience_s` the worker starts it anyway: memory held outside the study may never come free,
+    and an out-of-memory error is retried."""
+
+    def __init__(self, patience_s: float = 600, poll_s: float = 5) -> None:
+        self.patience_s, self.poll_s = patience_s, poll_s
+        self.since: float | None = None
+        self.said: str | None = None
+
+    def holds(self, reason: str | None) -> bool:
+        """Whether to wait now (it has slept already when it says so)."""
+        now = time.monotonic()
+        if reason is None or now - (self.since or now) > self.patience_s:
+            self.since = self.said = None
+            return False
+        self.since = self.since or now
+        if reason != self.said:
+            print(f"worker {worker_label()} waits: {reason}", file=sys.stderr, flush=True)
+            self.said = reason
+        time.sleep(self.poll_s)
+        return True
 
 
 class WorkerStopped(Exception):

@@ -5,7 +5,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -20,6 +20,7 @@ from carbrand_search.core import metric
 from carbrand_search.core.config import TrainConfig
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.state import FitState, StateDict, capture_rng, restore_rng
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class TrainListener(Protocol):
         """`loss` is a 0-d tensor on the training device; `.item()` on it waits for the GPU."""
 
     def epoch_end(self, metrics: EpochMetrics) -> None: ...
+
+
+class Checkpointer(Protocol):
+    """Stores `fit`'s whole state so a stopped run can resume: `fit` calls it after every
+    epoch and, within an epoch, once `every_s` seconds have passed since the last call."""
+
+    every_s: float
+
+    def __call__(self, state: FitState) -> None: ...
 
 
 @dataclass
@@ -133,6 +143,20 @@ class LRSchedule:
     def after_epoch(self, monitored: float) -> None:
         if self.plateau is not None and self.steps >= self.batch_steps:
             self.plateau.step(monitored)
+
+    def state_dict(self) -> StateDict:
+        return {
+            "steps": self.steps,
+            "per_batch": self.per_batch.state_dict() if self.per_batch else None,
+            "plateau": self.plateau.state_dict() if self.plateau else None,
+        }
+
+    def load_state_dict(self, state: StateDict) -> None:
+        self.steps = state["steps"]
+        if self.per_batch is not None:
+            self.per_batch.load_state_dict(state["per_batch"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
 
 
 def _set_frozen(model: nn.Module, frozen: bool) -> None:
@@ -238,8 +262,9 @@ def _train_batches(
     shuffle: torch.Generator,
     draw_weights: Tensor | None,
     even: bool,
+    skip: int,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    for images, labels in train.batches(batch_size, shuffle, draw_weights):
+    for images, labels in train.batches(batch_size, shuffle, draw_weights, skip):
         n = labels.shape[0] - (labels.shape[0] % 2 if even else 0)  # Mixup pairs samples up
         # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
         if n > 1:
@@ -254,8 +279,12 @@ def fit(
     cfg: TrainConfig,
     num_classes: int,
     listener: TrainListener | None = None,
+    *,
+    resume: FitState | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> FitResult:
-    """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`."""
+    """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`. From
+    `resume` it goes on where that state was taken, and ends as the uninterrupted run would."""
     device = train.device
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
@@ -278,18 +307,52 @@ def fit(
     schedule = LRSchedule(optimizer, cfg, steps)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    history: list[EpochMetrics] = []
-    best_state: dict[str, Tensor] = {}
-    best_value, best_epoch = -math.inf, cfg.epochs
+    run = _Progress(best_epoch=cfg.epochs)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        restore_rng(resume.rng, aug_gen)
+        shuffle.set_state(resume.shuffle)
+        run = _Progress.resumed(resume)
     sign = metric.sign(cfg.monitor)
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
+    last_save = time.monotonic()
+
+    def save(epoch: int, batch: int, epoch_shuffle: Tensor, loss: Tensor, seen: int) -> None:
+        nonlocal last_save
+        assert checkpointer is not None
+        checkpointer(
+            FitState(
+                epoch=epoch,
+                batch=batch,
+                model=_cpu_state(model),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                rng=capture_rng(aug_gen),
+                shuffle=epoch_shuffle,
+                epoch_loss=loss.item(),
+                epoch_seen=seen,
+                epoch_seconds=time.perf_counter() - start,
+                history=tuple(m.to_dict() for m in run.history),
+                best_epoch=run.best_epoch,
+                best_value=run.best_value,
+                best_state=run.best_state,
+            )
+        )
+        last_save = time.monotonic()
+
+    for epoch in range(run.first_epoch, cfg.epochs + 1):
+        start = time.perf_counter() - run.epoch_seconds
+        epoch_shuffle = shuffle.get_state()  # replays this epoch's order after a resume
         if listener:
             listener.epoch_start(epoch, cfg.epochs, steps)
         model.train()
         _set_frozen(model, epoch <= cfg.freeze_epochs)
-        total_loss, seen = torch.zeros((), device=device), 0
-        batches = _train_batches(train, cfg.batch_size, shuffle, draw_weights, mixup is not None)
+        total_loss = torch.full((), run.epoch_loss, device=device)
+        seen, done = run.epoch_seen, run.first_batch
+        batches = _train_batches(
+            train, cfg.batch_size, shuffle, draw_weights, mixup is not None, done
+        )
         for images, labels in batches:
             x = augment.train_batch(images, aug_gen)
             targets: Tensor = labels
@@ -300,8 +363,13 @@ def fit(
             schedule.after_batch()
             total_loss += loss * labels.shape[0]
             seen += labels.shape[0]
+            done += 1
             if listener:
                 listener.batch_end(loss)
+            due = checkpointer and time.monotonic() - last_save >= checkpointer.every_s
+            if due and done < steps:
+                save(epoch - 1, done, epoch_shuffle, total_loss, seen)
+        run.epoch_done()
         logits, labels = predict(model, val, augment, cfg.batch_size * 2, cfg.amp)
         values = val_metrics(logits, labels, num_classes)
         metrics = EpochMetrics(
@@ -311,15 +379,53 @@ def fit(
             seconds=time.perf_counter() - start,
             **values,
         )
-        history.append(metrics)
+        run.history.append(metrics)
         monitored = metrics.value(cfg.monitor)
         schedule.after_epoch(monitored)
-        if math.isfinite(monitored) and sign * monitored > best_value:
-            best_value, best_epoch = sign * monitored, epoch
-            best_state = _cpu_state(model)
+        if math.isfinite(monitored) and sign * monitored > run.best_value:
+            run.best_value, run.best_epoch = sign * monitored, epoch
+            run.best_state = _cpu_state(model)
         if listener:
             listener.epoch_end(metrics)
+        if checkpointer and epoch < cfg.epochs:
+            save(epoch, 0, shuffle.get_state(), torch.zeros(()), 0)
+    best_state = run.best_state
     if not best_state:  # every epoch diverged: keep the last weights so the run still has them
         best_state = _cpu_state(model)
     model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_state)
+    return FitResult(run.history, run.best_epoch, best_state)
+
+
+@dataclass
+class _Progress:
+    """Where `fit` stands: history, best epoch so far and the partial epoch a resume starts in."""
+
+    best_epoch: int
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_value: float = -math.inf
+    best_state: dict[str, Tensor] = field(default_factory=dict)
+    first_batch: int = 0
+    epoch_loss: float = 0.0
+    epoch_seen: int = 0
+    epoch_seconds: float = 0.0
+
+    @property
+    def first_epoch(self) -> int:
+        return len(self.history) + 1
+
+    def epoch_done(self) -> None:
+        """The partial epoch a resume started in is over: later epochs start from zero."""
+        self.first_batch, self.epoch_loss, self.epoch_seen, self.epoch_seconds = 0, 0.0, 0, 0.0
+
+    @classmethod
+    def resumed(cls, state: FitState) -> "_Progress":
+        return cls(
+            history=[EpochMetrics(**m) for m in state.history],  # type: ignore[arg-type]
+            best_value=state.best_value,
+            best_epoch=state.best_epoch,
+            best_state=state.best_state,
+            first_batch=state.batch,
+            epoch_loss=state.epoch_loss,
+            epoch_seen=state.epoch_seen,
+            epoch_seconds=state.epoch_seconds,
+        )

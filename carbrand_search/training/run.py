@@ -17,7 +17,14 @@ from carbrand_search.data.augment import Augment
 from carbrand_search.data.cache import CachedSplit, load_or_build
 from carbrand_search.data.imagefolder import ImageTree, scan
 from carbrand_search.data.loader import DeviceSplit
-from carbrand_search.training.fit import FitResult, TrainListener, fit, seed_everything
+from carbrand_search.training.fit import (
+    Checkpointer,
+    FitResult,
+    TrainListener,
+    fit,
+    seed_everything,
+)
+from carbrand_search.training.state import FitState
 
 CacheProgress = Callable[[str, int, int], None]
 
@@ -93,11 +100,19 @@ def new_model(config: RunConfig, num_classes: int) -> nn.Module:
 
 
 def fit_config(
-    model: nn.Module, config: RunConfig, data: TrainingData, listener: TrainListener | None = None
+    model: nn.Module,
+    config: RunConfig,
+    data: TrainingData,
+    listener: TrainListener | None = None,
+    *,
+    resume: FitState | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> FitResult:
     """Fit `model` (from `new_model`) on `data` with `config`; it ends at its best epoch."""
-    classes = len(data.tree.classes)
-    return fit(model, data.train, data.val, augment_for(config), config.train, classes, listener)
+    return fit(
+        model, data.train, data.val, augment_for(config), config.train, len(data.tree.classes),
+        listener, resume=resume, checkpointer=checkpointer,
+    )  # fmt: skip
 
 
 def train_config(

@@ -1,0 +1,30 @@
+"""Running a failed trial's parameters again, unchanged, a bounded number of times per kind."""
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from carbrand_search.search import record
+from carbrand_search.search.failures import RETRIES
+from carbrand_search.search.study import trials
+
+
+def queue_retry(study: optuna.Study, number: int, params: dict[str, object], kind: str) -> bool:
+    """Queue trial `number`'s `params` again if failures of `kind` are retried and its chain of
+    retries is under that kind's limit; whether it did. The retry resumes from the failed
+    trial's last resume point."""
+    found = trials(study)
+    if any(record.read(t).retry_of == number for t in found):
+        return True  # queued already (the worker did, then died before its trial ended)
+    if retries_before(found, number) >= RETRIES.get(kind, 0):
+        return False
+    study.enqueue_trial(params, user_attrs=record.retry(number))
+    return True
+
+
+def retries_before(found: list[FrozenTrial], number: int) -> int:
+    """How many failed tries of the same parameters came before trial `number`."""
+    by_number = {t.number: t for t in found}
+    chain = 0
+    while (previous := record.read(by_number[number]).retry_of) is not None:
+        chain, number = chain + 1, previous
+    return chain

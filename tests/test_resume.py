@@ -1,0 +1,57 @@
+"""Resume: `fit` continued from any saved state (mid-epoch or at an epoch's end) ends exactly as
+the uninterrupted run, weights and history alike; the state survives a trip through bytes."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import small_config
+
+from carbrand_search.training.run import fit_config, load_training_data, new_model
+from carbrand_search.training.state import FitState
+
+
+class KeepAll:
+    """A checkpointer that keeps every state `fit` hands it (every_s = 0: after every batch)."""
+
+    every_s = 0.0
+
+    def __init__(self) -> None:
+        self.states: list[FitState] = []
+
+    def __call__(self, state: FitState) -> None:
+        self.states.append(FitState.from_bytes(state.to_bytes()))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # dropout (torch's generator), random crops and flips (augmentation's), one-cycle LR
+        ("model.dropout=0.3", "train.scheduler=onecycle", "train.optimizer=sgd"),
+        # Mixup/CutMix (NumPy's generator), balanced draws, plateau LR with its own state
+        ("train.mixup_alpha=0.4", "train.cutmix_alpha=1.0", "train.sampling=balanced",
+         "train.scheduler=plateau", "train.plateau_patience=0"),
+    ],
+)  # fmt: skip
+def test_resumed_fit_ends_exactly_like_the_uninterrupted_one(
+    demo_root: Path, tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    config = small_config("train.epochs=3", "train.batch_size=64", *overrides)
+    data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
+    saved = KeepAll()
+    whole = fit_config(new_model(config, 6), config, data, checkpointer=saved)
+    positions = [(s.epoch, s.batch) for s in saved.states]
+    steps = data.train.num_batches(64)
+    assert positions == [(e, b) for e in range(3) for b in range(steps) if (e, b) != (0, 0)]
+    mid_epoch = next(s for s in saved.states if s.epoch == 1 and s.batch == 2)
+    boundary = next(s for s in saved.states if s.epoch == 2 and s.batch == 0)
+    for state in (mid_epoch, boundary):
+        model = new_model(replace(config, train=replace(config.train, seed=99)), 6)
+        resumed = fit_config(model, config, data, resume=state)
+        assert [replace(m, seconds=0) for m in resumed.history] == [
+            replace(m, seconds=0) for m in whole.history
+        ]
+        assert resumed.best_epoch == whole.best_epoch
+        for key, value in whole.best_state.items():
+            assert torch.equal(resumed.best_state[key], value), key
