@@ -195,15 +195,16 @@ def running(url: str, min_epoch: int = 1) -> list[FrozenTrial]:
     ]
 
 
-def freeze_a_running_worker(url: str) -> tuple[int, FrozenTrial]:
-    """SIGSTOP the worker of a running trial and return (its pid, that trial, still RUNNING).
+def freeze_a_running_worker(url: str, min_epoch: int = 1) -> tuple[int, FrozenTrial]:
+    """SIGSTOP the worker of a trial running at `min_epoch` or later and return (its pid, that
+    trial, still RUNNING).
 
     A stopped worker cannot finish its trial, so what a test does next does not depend on how
     fast the machine trains (on a GPU a tiny trial may end before a test can act on it)."""
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "no trial ran long enough to be caught"
-        found = running(url)
+        found = running(url, min_epoch)
         if not found:
             time.sleep(0.1)
             continue

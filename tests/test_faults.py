@@ -51,7 +51,9 @@ def test_sigkilled_worker_trial_fails_and_is_retried(
         url, _ = request.getfixturevalue("pg")
     study = write_study(tmp_path, n_trials=n_trials, epochs=4)
     proc = start_run(study, url, demo_root, tmp_path / "a", workers)
-    pid, victim = freeze_a_running_worker(url)  # so the trial is still running when it dies
+    # Stopped in epoch 2 or later, so the trial is still running when it dies and has saved
+    # where it stood after epoch 1 at least.
+    pid, victim = freeze_a_running_worker(url, min_epoch=2)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     wait_for(
@@ -66,6 +68,11 @@ def test_sigkilled_worker_trial_fails_and_is_retried(
     retries = [t for t in found if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].params == victim.params
     assert retries[0].state in FINISHED
+    # It went on from the last epoch the victim had saved when it was stopped.
+    saved = record.read(victim).resume
+    assert saved is not None and saved.epoch >= 1
+    expected = {"trial": victim.number, "epoch": saved.epoch, "batch": saved.batch}
+    assert record.read(retries[0]).resumed_from == expected
     assert all(t.state != TrialState.RUNNING for t in found)
     store = open_storage(url)
     for t in found:
