@@ -146,7 +146,11 @@ CNN_HPO = (REPO / "studies" / "cnn-hpo.toml").read_text()
             r"model\.filters needs 1 to 8 blocks, got 3000",
         ),
         ("[study]", "[study]\nx = " + "[" * 50_000 + "]" * 50_000, r"values nested too deeply"),
-        ("[study]", "[study]\nresume_every_s = -1", r"study\.resume_every_s must be in \[0, 86400\]"),
+        (
+            "[study]",
+            "[study]\nresume_every_s = -1",
+            r"study\.resume_every_s must be in \[0, 86400\]",
+        ),
         ("[study]", "[study]\nresume_every_s = nan", r"study\.resume_every_s: expected a finite"),
     ],
 )

@@ -1,13 +1,23 @@
 """Resume: `fit` continued from any saved state (mid-epoch or at an epoch's end) ends exactly as
-the uninterrupted run, weights and history alike; the state survives a trip through bytes."""
+the uninterrupted run, weights and history alike; the state survives a trip through bytes; saved
+states no retry will take up are swept."""
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from test_train import small_config
 
+from carbrand_search.search import record
+from carbrand_search.search.record import ResumePoint
+from carbrand_search.search.resume import sweep
+from carbrand_search.search.retry import queue_retry
+from carbrand_search.search.storage import artifact_store
+from carbrand_search.search.study import trials
 from carbrand_search.training.run import fit_config, load_training_data, new_model
 from carbrand_search.training.state import FitState
 
@@ -55,3 +65,21 @@ def test_resumed_fit_ends_exactly_like_the_uninterrupted_one(
         assert resumed.best_epoch == whole.best_epoch
         for key, value in whole.best_state.items():
             assert torch.equal(resumed.best_state[key], value), key
+
+
+def test_resume_points_no_retry_took_up_are_swept(tmp_path: Path) -> None:
+    artifacts = artifact_store(str(tmp_path / "a"))
+    study = optuna.create_study()
+
+    def failed_with_a_resume_point() -> int:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        artifacts.write(f"resume-{trial.number}", io.BytesIO(b"state"))
+        record.resume_saved(trial, ResumePoint(f"resume-{trial.number}", 1, 0))
+        study.tell(trial, state=TrialState.FAIL)
+        return trial.number
+
+    given_up, retried = failed_with_a_resume_point(), failed_with_a_resume_point()
+    assert queue_retry(study, retried, {"x": 0.5}, "killed")
+    assert sweep(trials(study), artifacts) == 1
+    assert not (tmp_path / "a" / f"resume-{given_up}").exists()
+    assert (tmp_path / "a" / f"resume-{retried}").exists()  # its retry is still to run

@@ -1,7 +1,8 @@
 """Resume points: a running trial's whole training state in the artifact store, saved after every
 epoch (and every `resume_every_s` within long ones). A retry of the trial (same parameters, after
 a kill, an OOM or a store outage) continues from there; the state is removed when the trial ends
-for good (complete, pruned, or failed without a retry)."""
+for good (complete, pruned, or failed without a retry), or swept at the end of the study when
+a trial's retries ran out."""
 
 import contextlib
 import io
@@ -9,6 +10,7 @@ import uuid
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.search import record
 from carbrand_search.search.failures import StoreUnwritable
@@ -73,3 +75,17 @@ def inherited(
     except ArtifactNotFound:
         return None  # removed by hand: the retry starts from the first epoch
     return previous, point, state
+
+
+def sweep(found: list[FrozenTrial], artifacts: ArtifactStore) -> int:
+    """Remove the resume points of failed trials that no retry took up (their retries ran out);
+    call it once the budget is finished, when nothing will be retried any more. How many."""
+    retried = {record.read(t).retry_of for t in found}
+    removed = 0
+    for trial in found:
+        point = record.read(trial).resume
+        if trial.state == TrialState.FAIL and point and trial.number not in retried:
+            with contextlib.suppress(ArtifactNotFound):
+                artifacts.remove(point.artifact)
+                removed += 1
+    return removed

@@ -20,6 +20,7 @@ from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.failures import BUG
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.pruners import make_pruner
+from carbrand_search.search.resume import sweep
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import (
     budget,
@@ -96,6 +97,7 @@ def run_worker(plan: WorkerPlan) -> None:
             try:
                 everything = trials(study)
                 if finished(everything) >= total:
+                    sweep(everything, artifacts)
                     break
                 queued = any(t.state == TrialState.WAITING for t in everything)  # retries
                 if not queued and held(everything) >= total:
