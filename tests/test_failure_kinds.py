@@ -86,6 +86,20 @@ def run_args(study: Path, url: str, data: Path, artifacts: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def run_injected(
+    data: Path, tmp_path: Path, code: str, *, n_trials: int, epochs: int
+) -> tuple[subprocess.CompletedProcess, str, Path]:
+    """`run` of a tiny study with `code` injected into its processes: (the finished process,
+    the storage URL, the artifact folder)."""
+    study = write_study(tmp_path, n_trials=n_trials, epochs=epochs)
+    url, artifacts = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "a"
+    done = subprocess.run(
+        cli(*run_args(study, url, data, artifacts)),
+        env=injected(tmp_path / "inject", code), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return done, url, artifacts
+
+
 def weights(artifacts: Path, trial: FrozenTrial) -> dict[str, torch.Tensor]:
     checkpoint = record.read(trial).checkpoint
     assert checkpoint is not None
@@ -153,12 +167,7 @@ def test_a_sigkilled_trial_resumes_from_its_last_epoch_and_ends_as_if_never_stop
 def test_an_infrastructure_failure_is_retried_with_the_same_parameters_from_its_resume_point(
     demo_root: Path, tmp_path: Path, kind: str, code: str, reason: str
 ) -> None:
-    study = write_study(tmp_path, n_trials=2, epochs=3)
-    url, artifacts = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "a"
-    done = subprocess.run(
-        cli(*run_args(study, url, demo_root, artifacts)),
-        env=injected(tmp_path / "inject", code), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done, url, artifacts = run_injected(demo_root, tmp_path, code, n_trials=2, epochs=3)
     assert done.returncode == 0, done.stdout + done.stderr
     found = trials_of(url)
     assert sum(t.state in FINISHED for t in found) == 2  # the failure used no budget
@@ -182,12 +191,7 @@ def test_an_infrastructure_failure_is_retried_with_the_same_parameters_from_its_
 def test_a_bug_stops_the_worker_at_once_and_is_not_retried(
     demo_root: Path, tmp_path: Path
 ) -> None:
-    study = write_study(tmp_path, n_trials=3, epochs=2)
-    url, artifacts = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "a"
-    done = subprocess.run(
-        cli(*run_args(study, url, demo_root, artifacts)),
-        env=injected(tmp_path / "inject", BUG), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done, url, artifacts = run_injected(demo_root, tmp_path, BUG, n_trials=3, epochs=2)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "trial 0 failed with a bug: ZeroDivisionError: division by zero" in done.stderr
     assert "carbrand_search/training/fit.py" in done.stderr  # the innermost frame of ours
