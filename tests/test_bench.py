@@ -30,6 +30,11 @@ def test_study_benches(script: str, tmp_path: Path) -> None:
     assert all(row["trials"] >= 1 and row["seconds"] > 0 for row in rows)
 
 
+def test_resume_bench(tmp_path: Path) -> None:
+    (row,) = run_bench("resume.py", tmp_path / "result.json")["rows"]
+    assert row["model"] == "small_cnn" and row["state_mb"] > 0 and row["save_s_median"] > 0
+
+
 def test_cache_memory_bench(tmp_path: Path) -> None:
     result = run_bench("cache_memory.py", tmp_path / "result.json")
     assert result["decoded_mb"] > 0 and result["images"] == 40
