@@ -2,12 +2,13 @@
 remember the data, OS clutter in datasets, the evidence on the dashboard for pruned trials."""
 
 import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import write_study, write_tree
+from conftest import cli, write_study, write_tree
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
@@ -217,3 +218,15 @@ def test_only_the_best_checkpoints_are_kept(demo_root: Path, tmp_path: Path) -> 
         app, ["predict", str(image), "--study", "tiny", "--trial", str(gone), *common]
     )
     assert predicted.exit_code == 2 and "keep_checkpoints" in predicted.output
+
+
+def test_shipped_studies_are_found_from_any_folder_without_settings(tmp_path: Path) -> None:
+    # The README's first command names `cnn-demo` from an empty folder, with no CARBRAND_STUDIES
+    # (the test fixture sets it; a newcomer's shell does not).
+    env = {k: v for k, v in os.environ.items() if k != "CARBRAND_STUDIES"}
+    done = subprocess.run(
+        cli("create", "cnn-demo", "--storage", f"sqlite:///{tmp_path / 's.db'}"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert optuna.load_study(study_name="cnn-demo", storage=f"sqlite:///{tmp_path / 's.db'}")

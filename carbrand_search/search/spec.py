@@ -87,12 +87,16 @@ TOP_LEVEL = {
 SECTIONS = ("data", "model", "train")
 
 
+# The repository's studies/ (an editable install): carbrand_search/search/spec.py → the repo root.
+SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
 def studies_dir() -> Path:
     """Where study names are looked up: $CARBRAND_STUDIES, ./studies, or the repo's studies/."""
     if "CARBRAND_STUDIES" in os.environ:
         return Path(os.environ["CARBRAND_STUDIES"])
     local = Path("studies")
-    return local if local.is_dir() else Path(__file__).resolve().parents[1] / "studies"
+    return local if local.is_dir() else SHIPPED_STUDIES
 
 
 def available_studies() -> list[str]:
