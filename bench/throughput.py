@@ -48,7 +48,7 @@ def build(name: str, classes: int) -> tuple[torch.nn.Module, Augment]:
     base = name.removesuffix("_bn")
     params = {"batch_norm": bn} if base == "small_cnn" else {"pretrained": False}
     entry = models.entry(base)
-    return models.create(base, classes, **params), Augment(DataConfig(), entry.mean, entry.std)
+    return models.create(base, classes, **params), Augment(DataConfig(), *entry.normalization())
 
 
 def sync(device: torch.device) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
+from typer.testing import CliRunner
 
+from carbrand_search.cli import app
 from carbrand_search.data.demo import DemoSpec, write_demo
 from carbrand_search.search import record
 from carbrand_search.search.storage import open_storage
@@ -74,6 +77,45 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_copy(demo_root: Path, tmp_path: Path) -> Path:
     """A private copy of the demo data that a test may modify."""
     return Path(shutil.copytree(demo_root, tmp_path / "demo-data"))
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished tiny study: where it is stored and what it was trained on."""
+
+    url: str
+    artifacts: Path
+    data: Path
+    root: Path
+
+    def store_args(self) -> list[str]:
+        """Where the study is; a report then finds its data from what the run stored."""
+        return ["--storage", self.url, "--artifacts", str(self.artifacts)]
+
+    def args(self) -> list[str]:
+        return [*self.store_args(), "--data", str(self.data)]
+
+
+@pytest.fixture(scope="session")
+def done(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Done:
+    """One study `tiny` (2 trials × 6 epochs) run once through the CLI, for every test that only
+    reads a finished study: report, compare, predict, status, studies, the dashboard."""
+    root = tmp_path_factory.mktemp("done")
+    study = write_study(root, n_trials=2, epochs=6)
+    finished = Done(f"sqlite:///{root / 'study.db'}", root / "artifacts", demo_root, root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CARBRAND_CACHE", str(root / "cache"))
+        result = CliRunner().invoke(app, ["run", str(study), *finished.args()])
+    assert result.exit_code == 0, result.output
+    return finished
+
+
+@pytest.fixture
+def done_copy(done: Done, tmp_path: Path) -> Done:
+    """A private copy of `done` (database and artifacts) that a test may change."""
+    root = tmp_path / "done"
+    shutil.copytree(done.root, root, ignore=shutil.ignore_patterns("cache"))
+    return Done(f"sqlite:///{root / 'study.db'}", root / "artifacts", done.data, root)
 
 
 def write_study(

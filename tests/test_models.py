@@ -130,7 +130,7 @@ def test_gradcam_runs_on_every_models_declared_layer(name: str) -> None:
     entry = models.entry(name)
     params = {"pretrained": False} if "pretrained" in field_types(entry.params) else {}
     model = models.create(name, 3, **params)
-    augment = Augment(DataConfig(cache_size=64, image_size=64), entry.mean, entry.std)
+    augment = Augment(DataConfig(cache_size=64, image_size=64), *entry.normalization())
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     pictures = overlays(model, name, augment, images, [0, 2])
     assert [p.shape for p in pictures] == [(64, 64, 3)] * 2

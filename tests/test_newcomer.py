@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import cli, write_study, write_tree
+from conftest import Done, cli, write_study, write_tree
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
@@ -55,27 +55,14 @@ def test_run_set_is_stored_with_the_study_and_a_change_is_refused(
     assert len(load(url).get_trials()) == len(done)  # refused before anything was stored
 
 
-def test_report_and_compare_find_the_data_the_run_used(
-    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    assert run(write_study(tmp_path, n_trials=1), url, demo_root, tmp_path).exit_code == 0
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # no ./demo-data here: only the stored path can work
-    common = ["--storage", url, "--artifacts", str(tmp_path / "a")]
-    report = runner.invoke(app, ["report", "tiny", "--out", str(tmp_path / "r"), *common])
-    assert report.exit_code == 0, report.output
-    compare = runner.invoke(app, ["compare", "tiny", "--out", str(tmp_path / "c"), *common])
-    assert compare.exit_code == 0, compare.output
-    # --data still overrides; a folder that is gone is named, with the way out.
-    other = runner.invoke(
-        app, ["report", "tiny", "--out", str(tmp_path / "r2"), "--data", "nope", *common]
-    )
-    assert other.exit_code == 2 and "nope" in other.output
-    study = load(url)
+def test_a_report_names_data_that_is_not_there(done_copy: Done, tmp_path: Path) -> None:
+    # Finding the stored data path from another folder: test_report's report and compare tests.
+    out, common = str(tmp_path / "r"), done_copy.store_args()
+    other = runner.invoke(app, ["report", "tiny", "--out", out, "--data", "nope", *common])
+    assert other.exit_code == 2 and "nope" in other.output  # --data still overrides
+    study = load(done_copy.url)
     study.set_user_attr("data", {"given": "gone", "resolved": "/gone", "cache": None})
-    moved = runner.invoke(app, ["report", "tiny", "--out", str(tmp_path / "r3"), *common])
+    moved = runner.invoke(app, ["report", "tiny", "--out", out, *common])
     assert moved.exit_code == 2 and "which is not here; pass --data" in moved.output
 
 
@@ -108,19 +95,42 @@ def test_clutter_is_skipped_and_counted(tmp_path: Path) -> None:
     assert skipped.exit_code == 0, skipped.output
 
 
-def test_pruned_trials_upload_their_evidence_and_the_study_has_a_note(
+def test_collapsed_trials_are_pruned_and_say_why_everywhere(
     demo_root: Path, tmp_path: Path
 ) -> None:
+    """One diverging study: the collapse rules prune every trial early, and the reason shows in
+    the trial record, `status`, the trial's evidence on the dashboard, the study's note and
+    MLflow."""
+    from mlflow.tracking import MlflowClient
+
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"
+    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"  # 10 is the most train.lr accepts
     study_file = write_study(tmp_path, n_trials=2, epochs=8, lr=huge_lr, collapse=True)
+    uri = f"file:{tmp_path / 'mlruns'}"
+    study_file.write_text(
+        study_file.read_text() + f'\n[tracking]\nmlflow = true\nmlflow_uri = "{uri}"\n'
+    )
     assert run(study_file, url, demo_root, tmp_path).exit_code == 0
     study = load(url)
     store = open_storage(url)
+    client = MlflowClient(tracking_uri=uri)
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    }
     for trial in study.get_trials():
         assert trial.state == TrialState.PRUNED
+        stored = record.read(trial)
+        reason = stored.prune_reason
+        assert reason is not None and reason["rule"] in ("one-class", "chance-loss", "diverged")
+        assert reason["epoch"] < 8 and len(stored.epochs) == reason["epoch"]
         names = sorted(m.filename for m in get_all_artifact_meta(trial, storage=store))
         assert names == ["val-confusion.png", "val-curves.png"]
+        tracked = runs[f"trial-{trial.number}"]
+        assert tracked.info.status == "KILLED" and tracked.data.tags["optuna.state"] == "PRUNED"
+        assert f'"rule": "{reason["rule"]}"' in tracked.data.tags["prune_reason"]
+    status = runner.invoke(app, ["status", "tiny", "--storage", url])
+    assert status.exit_code == 0 and "rule=" in status.output and "2 pruned" in status.output
     attrs = store.get_study_system_attrs(store.get_study_id_from_name("tiny"))
     note = get_note_from_system_attrs(attrs, None)["body"]
     assert note.startswith("# tiny") and os.fspath(demo_root) in note
@@ -158,24 +168,6 @@ def test_trials_are_tracked_in_mlflow_and_tensorboard(demo_root: Path, tmp_path:
         assert [s.value for s in events.Scalars("val_macro_f1")] == pytest.approx(values)
 
 
-def test_a_pruned_trial_says_why_in_mlflow(demo_root: Path, tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    huge_lr = "low = 5.0\nhigh = 10.0\ndefault = 5.0"
-    study_file = write_study(tmp_path, n_trials=1, epochs=8, lr=huge_lr, collapse=True)
-    uri = f"file:{tmp_path / 'mlruns'}"
-    study_file.write_text(
-        study_file.read_text() + f'\n[tracking]\nmlflow = true\nmlflow_uri = "{uri}"\n'
-    )
-    assert run(study_file, url, demo_root, tmp_path).exit_code == 0
-    client = MlflowClient(tracking_uri=uri)
-    (found,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert found.info.status == "KILLED" and found.data.tags["optuna.state"] == "PRUNED"
-    rule = record.read(load(url).get_trials()[0]).prune_reason["rule"]
-    assert f'"rule": "{rule}"' in found.data.tags["prune_reason"]
-
-
 def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
     from carbrand_search.search.study import overview
 
@@ -197,9 +189,9 @@ def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
 
 def test_only_the_best_checkpoints_are_kept(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study_file = write_study(tmp_path, n_trials=20, epochs=1)
+    study_file = write_study(tmp_path, n_trials=8, epochs=1)
     study_file.write_text(
-        study_file.read_text().replace("n_trials = 20", "n_trials = 20\nkeep_checkpoints = 3")
+        study_file.read_text().replace("n_trials = 8", "n_trials = 8\nkeep_checkpoints = 3")
     )
     assert run(study_file, url, demo_root, tmp_path).exit_code == 0
     study = load(url)

@@ -7,14 +7,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import write_study
+from conftest import Done, write_study
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -35,38 +34,6 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Done:
-    """A finished tiny study: where it is stored and what it was trained on."""
-
-    url: str
-    artifacts: Path
-    data: Path
-    root: Path
-
-    def args(self) -> list[str]:
-        return [
-            "--storage",
-            self.url,
-            "--artifacts",
-            str(self.artifacts),
-            "--data",
-            str(self.data),
-        ]
-
-
-@pytest.fixture(scope="module")
-def done(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Done:
-    root = tmp_path_factory.mktemp("study")
-    study = write_study(root, n_trials=2, epochs=6)
-    finished = Done(f"sqlite:///{root / 'study.db'}", root / "artifacts", demo_root, root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CARBRAND_CACHE", str(root / "cache"))
-        result = runner.invoke(app, ["run", str(study), *finished.args()])
-    assert result.exit_code == 0, result.output
-    return finished
 
 
 def _report(done: Done, out: Path, *extra: str):
@@ -100,9 +67,12 @@ def _independent_predictions(
     return preds, np.array(split.labels), list(split.files), classes
 
 
-def test_report_numbers_match_an_independent_evaluation(done: Done, tmp_path: Path) -> None:
+def test_report_numbers_match_an_independent_evaluation(
+    done: Done, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "rep"
-    result = _report(done, out)
+    monkeypatch.chdir(tmp_path)  # no ./demo-data here, no --data: only the stored path can work
+    result = runner.invoke(app, ["report", "tiny", "--out", str(out), *done.store_args()])
     assert result.exit_code == 0, result.output
     for name in ("report.html", "report.md", "report.json"):
         assert (out / name).is_file()
@@ -258,9 +228,12 @@ def test_checkpoint_ids_that_leave_the_store_are_one_line_errors(
     assert "\n" not in str(info.value)
 
 
-def test_compare_has_a_row_per_study(done: Done, tmp_path: Path) -> None:
+def test_compare_has_a_row_per_study(
+    done: Done, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["compare", "tiny", "tiny", "--out", str(out), *done.args()])
+    monkeypatch.chdir(tmp_path)  # the data is found where the run stored it
+    result = runner.invoke(app, ["compare", "tiny", "tiny", "--out", str(out), *done.store_args()])
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "compare.json").read_text())
     assert len(rows) == 2 and rows[0]["study"] == "tiny" and rows[0]["model"] == "small_cnn"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from carbrand_search.cli import app
 from carbrand_search.search import record
-from carbrand_search.search.storage import artifact_store, open_storage
+from carbrand_search.search.storage import RemoveOnceBackoff, artifact_store, open_storage
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -83,3 +83,25 @@ def test_checkpoints_go_to_s3_and_report_reads_them_back(
     numbers = json.loads((out / "report.json").read_text())
     assert numbers["trials"][0]["number"] == study.best_trial.number
     assert numbers["trials"][0]["test"]["images"] > 0  # the S3 checkpoint was evaluated
+
+
+class CountingStore:
+    """An in-memory artifact store that counts removals and fails the first `flaky` of them."""
+
+    def __init__(self, flaky: int = 0) -> None:
+        self.removals, self.flaky = 0, flaky
+
+    def remove(self, artifact_id: str) -> None:
+        self.removals += 1
+        if self.removals <= self.flaky:
+            raise ConnectionError("S3 hiccup")
+
+
+def test_a_removal_that_succeeds_is_not_repeated() -> None:
+    # Optuna 5's Backoff deletes again and sleeps after a success (31 s per removal on S3).
+    store = CountingStore()
+    RemoveOnceBackoff(store, max_retries=5, min_delay=1.0, max_delay=30.0).remove("x")  # type: ignore[arg-type]
+    assert store.removals == 1
+    flaky = CountingStore(flaky=1)
+    RemoveOnceBackoff(flaky, max_retries=2, min_delay=0.01, max_delay=0.02).remove("x")  # type: ignore[arg-type]
+    assert flaky.removals >= 2  # a failed removal is still retried

@@ -103,6 +103,9 @@ def test_training_repeats_exactly_on_cpu(demo_root: Path, tmp_path: Path) -> Non
     assert strip[0] == strip[1]
 
 
+EXPECTED_OPTIMIZER = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}
+
+
 @pytest.mark.parametrize(
     ("optimizer", "scheduler"),
     [("adamw", "plateau"), ("adam", "cosine"), ("sgd", "onecycle"), ("rmsprop", "none")],
@@ -119,8 +122,21 @@ def test_optimizers_and_schedulers_train_with_warmup(
         "train.nesterov=true",
     )
     data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
-    _, result = train_config(config, data)
-    assert all(math.isfinite(m.train_loss) for m in result.history)
+    initial = build_model(config, len(data.tree.classes)).state_dict()
+    model, result = train_config(config, data)
+    built = make_optimizer(model, config.train)
+    assert type(built).__name__ == EXPECTED_OPTIMIZER[optimizer]
+    # Weight decay on weights of rank >= 2 only (timm's factory groups the parameters).
+    for group in built.param_groups:
+        assert all((p.ndim >= 2) == (group["weight_decay"] > 0) for p in group["params"])
+    assert len(result.history) == 3 and all(math.isfinite(m.train_loss) for m in result.history)
+    # Warm-up (epoch 1) climbs to the base rate, which no scheduler exceeds; the weights moved.
+    assert max(m.lr for m in result.history) <= 0.001 + 1e-12
+    assert result.history[0].lr == pytest.approx(
+        0.001, rel=0.01
+    )  # one-cycle: a step past its peak
+    trained = model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
 
 
 @pytest.mark.parametrize("scheduler", ["plateau", "cosine", "onecycle", "none"])

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
 
 from carbrand_search.core.config import DataConfig
 
@@ -58,6 +57,9 @@ class Augment:
             cols = (x0[:, None] + steps)[:, None, :]
             batch = torch.arange(n, device=images.device)[:, None, None]
             return _to_float(images[batch, rows, cols])
+        # Imported here: torchvision.ops loads torch._dynamo, which only resized crops need.
+        from torchvision.ops import roi_align
+
         x = _to_float(images)
         area = self._uniform(n, self.data.min_scale, 1.0, x, g) * size * size
         log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), x, g)

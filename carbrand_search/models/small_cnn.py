@@ -1,38 +1,8 @@
 """The seed's from-scratch CNN: conv blocks, global average pool, dropout, dense head."""
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class SmallCNNParams:
-    """Hyperparameters of `small_cnn`: the seed's SmallCarCNN by default; `batch_norm` for _BN."""
-
-    filters: tuple[int, ...] = (32, 64, 128)
-    kernel_sizes: tuple[int, ...] = (3,)  # per block; the last repeats for further blocks
-    dense_units: int = 256
-    dropout: float = 0.3
-    batch_norm: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= len(self.filters) <= 8:
-            raise ValueError(f"model.filters needs 1 to 8 blocks, got {len(self.filters)}")
-        if not all(1 <= f <= 4096 for f in self.filters):
-            raise ValueError(f"model.filters must be in [1, 4096], got {list(self.filters)}")
-        if not 1 <= len(self.kernel_sizes) <= len(self.filters):
-            raise ValueError(
-                f"model.kernel_sizes needs 1 to {len(self.filters)} entries (one per block, the "
-                f"last repeating), got {list(self.kernel_sizes)}"
-            )
-        if not all(1 <= k <= 31 and k % 2 for k in self.kernel_sizes):
-            raise ValueError(
-                f"model.kernel_sizes must be odd and in [1, 31], got {list(self.kernel_sizes)}"
-            )
-        if not 1 <= self.dense_units <= 65536:
-            raise ValueError(f"model.dense_units must be in [1, 65536], got {self.dense_units}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+from carbrand_search.models.params import SmallCNNParams
 
 
 class ConvBlock(nn.Module):

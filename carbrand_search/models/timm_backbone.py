@@ -2,7 +2,6 @@
 
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -11,20 +10,7 @@ import timm
 from torch import nn
 
 from carbrand_search.core.errors import UserError, first_line
-
-
-@dataclass(frozen=True)
-class TimmParams:
-    """Hyperparameters of a timm backbone; `weights` is a local safetensors/state-dict file."""
-
-    pretrained: bool = True
-    weights: str = ""
-    drop_rate: float = 0.2
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
-
+from carbrand_search.models.params import TimmParams
 
 HOW_TO_SUPPLY = (
     "pass a local weights file with --set model.weights=PATH (safetensors or torch state dict), "
@@ -57,6 +43,13 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
     # A fan-in initialised head starts near ln(classes).
     model.reset_classifier(num_classes)
     return model
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std that `name`'s pretrained weights expect."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    assert cfg is not None, f"timm knows no pretrained config for {name}"
+    return cfg.mean, cfg.std
 
 
 def _check_download_possible(name: str) -> None:

@@ -9,10 +9,8 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import upload_artifact
 from safetensors.torch import save_file
-from sklearn.metrics import confusion_matrix
 from torch import Tensor, nn
 
-from carbrand_search.core import plots
 from carbrand_search.core.config import RunConfig
 from carbrand_search.search import record, space
 from carbrand_search.search.failures import StoreUnwritable, describe, kind_of
@@ -143,6 +141,10 @@ class Objective:
     ) -> None:
         """Validation curves and the confusion matrix of `model` as it is now, for
         optuna-dashboard's trial view (a collapse shows as one full column) and the tracker."""
+        from sklearn.metrics import confusion_matrix
+
+        from carbrand_search.core import plots  # matplotlib: loaded by the first trial to end
+
         logits, labels = predict(model, self.data.val, augment_for(config), 64)
         classes = self.data.tree.classes
         cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))

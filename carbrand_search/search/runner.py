@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial
-from optuna_dashboard import save_note
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
@@ -165,7 +164,7 @@ def run_study(
     total = budget(study)
     done = finished(trials(study))
     if done >= total:
-        save_note(study, dashboard_note(study, spec))
+        _save_note(study, spec)
         return RunOutcome(spec.name, total, done, spec.direction, nothing_to_do=True)
     if source is not None:
         _warm_start(study, spec, source, launch.warm_top, progress)
@@ -199,7 +198,7 @@ def run_study(
             interrupted = True
         finally:
             stop_workers(processes, study)
-    save_note(study, dashboard_note(study, spec))
+    _save_note(study, spec)
     found = trials(study)
     return RunOutcome(
         study=spec.name,
@@ -210,6 +209,13 @@ def run_study(
         worker_exit_codes=tuple(p.exitcode or 0 for p in processes),
         interrupted=interrupted,
     )
+
+
+def _save_note(study: optuna.Study, spec: StudySpec) -> None:
+    """The study's note in optuna-dashboard; imported here, as the package loads scikit-learn."""
+    from optuna_dashboard import save_note
+
+    save_note(study, dashboard_note(study, spec))
 
 
 def _source_study(name: str | None, store: optuna.storages.BaseStorage) -> optuna.Study | None:

@@ -137,6 +137,24 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
     return storage
 
 
+class RemoveOnceBackoff(Backoff):
+    """Optuna's Backoff, except that a removal that succeeds is not repeated: Optuna 5's
+    `Backoff.remove` goes on deleting and sleeping through all its retries (31 s per removal
+    with the delays below; optuna/optuna#6843), and every trial removes its resume point."""
+
+    def __init__(self, backend: ArtifactStore, **delays: Any) -> None:
+        super().__init__(backend, **delays)
+        self.backend = backend
+
+    def remove(self, artifact_id: str) -> None:
+        try:
+            self.backend.remove(artifact_id)
+        except ArtifactNotFound:
+            raise
+        except Exception:  # what Optuna's retries are for; S3 deletes are idempotent
+            super().remove(artifact_id)
+
+
 def artifact_store(root: str) -> ArtifactStore:
     """`s3://bucket` (S3-compatible, for many hosts) or a local folder, checked writable."""
     if root.startswith("s3://"):
@@ -155,7 +173,7 @@ def artifact_store(root: str) -> ArtifactStore:
         # Endpoint and credentials: the usual AWS_* variables (AWS_ENDPOINT_URL for MinIO).
         # Optuna's Backoff retries a failed read or write (1 s doubling to 30 s, 5 tries), so
         # one S3 hiccup does not fail a trial.
-        return Backoff(
+        return RemoveOnceBackoff(
             Boto3ArtifactStore(bucket, client=boto3.client("s3")),
             max_retries=5,
             min_delay=1.0,

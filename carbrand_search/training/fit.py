@@ -6,14 +6,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
-from sklearn.utils.class_weight import compute_class_weight
-from timm.data import Mixup
-from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 
 from carbrand_search.core import metric
@@ -21,6 +17,12 @@ from carbrand_search.core.config import TrainConfig
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.training.state import FitState, StateDict, capture_rng, restore_rng
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
+
+# timm and scikit-learn are imported in the functions that use them: importing timm loads
+# torchvision and torch._dynamo, which a worker training a small_cnn never needs.
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ _TIMM_OPTIMIZERS = {"adamw": "adamw", "adam": "adam", "rmsprop": "rmsprop"}
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """timm's optimizer factory: weight decay only on weights of rank ≥ 2 (never on BatchNorm
     scales or biases), as timm and nanoGPT do."""
+    from timm.optim import create_optimizer_v2
+
     name = _TIMM_OPTIMIZERS.get(cfg.optimizer)
     if name is None:  # sgd
         name = "nesterov" if cfg.nesterov and cfg.momentum > 0 else "momentum"
@@ -219,6 +223,8 @@ def train_step(
 
 
 def val_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
     loss = nn.functional.cross_entropy(logits, labels).item()
     preds = logits.argmax(1)
     counts = torch.bincount(preds, minlength=num_classes)
@@ -243,11 +249,13 @@ def balanced_weights(labels: Tensor, num_classes: int) -> Tensor:
     return 1.0 / counts[labels.cpu()].double()
 
 
-def make_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+def make_mixup(cfg: TrainConfig, num_classes: int) -> "Mixup | None":
     """timm's Mixup/CutMix on whole batches, or None when both are off. Label smoothing stays
     with the loss, which takes the soft targets Mixup returns."""
     if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0:
         return None
+    from timm.data import Mixup
+
     return Mixup(
         mixup_alpha=cfg.mixup_alpha,
         cutmix_alpha=cfg.cutmix_alpha,
@@ -291,6 +299,8 @@ def fit(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     weights = None
     if cfg.class_weights == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
         y = train.labels.cpu().numpy()
         weights = torch.tensor(
             compute_class_weight("balanced", classes=np.arange(num_classes), y=y),

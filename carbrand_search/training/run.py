@@ -90,7 +90,7 @@ def build_model(config: RunConfig, num_classes: int) -> nn.Module:
 def augment_for(config: RunConfig) -> Augment:
     """The augmentation of `config.data` with the model's own normalisation."""
     entry = models.entry(config.model.name)
-    return Augment(config.data, entry.mean, entry.std)
+    return Augment(config.data, *entry.normalization())
 
 
 def new_model(config: RunConfig, num_classes: int) -> nn.Module:
