@@ -45,7 +45,7 @@ def best_of(repeats: int, code: str) -> dict[str, object]:
 
 def first_running(study: Path, data: Path, cache: Path, folder: Path) -> float:
     """Seconds from starting `run` (one worker) to the first trial RUNNING in its SQLite file;
-    the run is stopped there."""
+    the run is stopped there, its worker with it."""
     db = folder / f"{study.stem}.db"
     args = [
         sys.executable,
@@ -67,7 +67,7 @@ def first_running(study: Path, data: Path, cache: Path, folder: Path) -> float:
             time.sleep(0.02)
         raise RuntimeError(f"run ended with {proc.returncode} before a trial was RUNNING")
     finally:
-        proc.kill()
+        proc.terminate()  # `run` stops its workers on SIGTERM: none is left to slow the next
         proc.wait()
 
 

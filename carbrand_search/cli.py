@@ -345,21 +345,28 @@ def run(
 ) -> None:
     """Create or resume a study; N parallel workers optimise it until its budget is met.
     --set fixes a setting for every trial; it becomes part of the stored study."""
-    from carbrand_search.progress import RichRunProgress, trials_line
-    from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+    from carbrand_search.search.prestart import WaitingWorkers
     from carbrand_search.search.spec import load_spec, with_overrides
 
     spec = with_overrides(load_spec(study), overrides or [])
-    options = RunOptions(
-        storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
-        heartbeat_s=heartbeat, skip_bad=skip_bad,
-    )  # fmt: skip
-    launch = LaunchOptions(
-        workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
-        warm_from=from_study, warm_top=top,
-    )  # fmt: skip
-    with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
-        outcome = run_study(spec, options, launch, progress)
+    # The workers import torch and the trainer while this process imports and checks the rest.
+    waiting = WaitingWorkers.spawn(workers)
+    try:
+        from carbrand_search.progress import RichRunProgress, trials_line
+        from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+
+        options = RunOptions(
+            storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
+            heartbeat_s=heartbeat, skip_bad=skip_bad,
+        )  # fmt: skip
+        launch = LaunchOptions(
+            workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
+            warm_from=from_study, warm_top=top,
+        )  # fmt: skip
+        with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
+            outcome = run_study(spec, options, launch, progress, waiting)
+    finally:
+        waiting.cancel()
     if outcome.nothing_to_do:
         console.print(
             f"{spec.name}: already finished ({outcome.finished}/{outcome.budget} trials); "

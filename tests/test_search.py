@@ -1,5 +1,6 @@
 """The search service end to end: real worker processes, real SQLite and PostgreSQL."""
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -137,6 +138,8 @@ def test_bad_input_changes_nothing_in_storage(demo_root: Path, tmp_path: Path) -
     offline = run_cli(no_weights, url, demo_root, tmp_path)
     assert offline.exit_code == 2 and "model.weights: no such file" in offline.output
     assert not db.exists()
+    # `run` spawns its workers before these checks; a refused run leaves none behind.
+    assert multiprocessing.active_children() == []
 
 
 def test_other_study_file_under_same_name_is_refused(done_copy: Done, tmp_path: Path) -> None:
@@ -317,8 +320,6 @@ def test_a_queued_trial_goes_to_exactly_one_worker_on_sqlite(tmp_path: Path) -> 
     """SQLite ignores SELECT … FOR UPDATE: without IMMEDIATE transactions, workers asking at once
     could all pop the same WAITING trial and run it twice. Four real processes ask together,
     three rounds, each after one trial was queued."""
-    import multiprocessing
-
     from race import ask_together
 
     url = f"sqlite:///{tmp_path / 'race.db'}"

@@ -1,6 +1,6 @@
-"""Worker processes: plan their devices, start them (spawn), stop them and fail what they left."""
+"""Worker processes: plan their devices, stop them and fail what they left (they are started by
+`prestart`)."""
 
-import multiprocessing as mp
 import os
 import time
 from multiprocessing.process import BaseProcess
@@ -14,7 +14,7 @@ from carbrand_search.search import record
 from carbrand_search.search.failures import KILLED
 from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.study import trials
-from carbrand_search.search.worker import WorkerPlan, worker_label, worker_main
+from carbrand_search.search.worker import worker_label
 from carbrand_search.training.device import pinned_gpu, resolve_device
 
 
@@ -36,17 +36,6 @@ def plan_devices(
         )
     cores = max(1, (os.cpu_count() or 1) // workers)
     return [(f"cuda:{gpus[i % len(gpus)]}", cores) for i in range(workers)]
-
-
-def start_workers(plans: list[WorkerPlan]) -> list[BaseProcess]:
-    """One spawned process per plan (spawn: CUDA and forked torch threads do not mix)."""
-    context = mp.get_context("spawn")
-    processes: list[BaseProcess] = [
-        context.Process(target=worker_main, args=(plan,), daemon=False) for plan in plans
-    ]
-    for process in processes:
-        process.start()
-    return processes
 
 
 def stop_workers(processes: list[BaseProcess], study: optuna.Study, timeout_s: float = 15) -> None:

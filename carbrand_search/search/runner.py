@@ -7,9 +7,9 @@ happens along the way goes to a `RunProgress`, which the CLI draws with rich.
 
 import os
 import signal
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +20,8 @@ from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.data.imagefolder import scan
-from carbrand_search.search.launcher import plan_devices, start_workers, stop_workers
+from carbrand_search.search.launcher import plan_devices, stop_workers
+from carbrand_search.search.prestart import WaitingWorkers
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import artifact_store, mask, open_storage
 from carbrand_search.search.study import (
@@ -144,11 +145,30 @@ def preflight(spec: StudySpec, options: RunOptions, progress: RunProgress) -> No
 
 
 def run_study(
-    spec: StudySpec, options: RunOptions, launch: LaunchOptions, progress: RunProgress
+    spec: StudySpec,
+    options: RunOptions,
+    launch: LaunchOptions,
+    progress: RunProgress,
+    waiting: WaitingWorkers | None = None,
 ) -> RunOutcome:
     """Create or resume the study of `spec` and run workers until its budget is met, the
     workers stop, or the run is interrupted (Ctrl-C, SIGTERM); running trials of stopped
-    workers are marked FAIL, so a later run resumes them."""
+    workers are marked FAIL, so a later run resumes them. `waiting`: workers the caller spawned
+    before importing this module (they are cancelled if the run does not need them)."""
+    waiting = waiting or WaitingWorkers()
+    try:
+        return _run_study(spec, options, launch, progress, waiting)
+    finally:
+        waiting.cancel()
+
+
+def _run_study(
+    spec: StudySpec,
+    options: RunOptions,
+    launch: LaunchOptions,
+    progress: RunProgress,
+    waiting: WaitingWorkers,
+) -> RunOutcome:
     devices = plan_devices(options.device, launch.workers, launch.workers_per_gpu)
     cores = os.cpu_count() or 1
     if devices[0][0] == "cpu" and launch.workers > cores:
@@ -187,13 +207,16 @@ def run_study(
         )
         for i, (device, threads) in enumerate(devices)
     ]
-    processes = start_workers(plans)
+    processes = waiting.release(plans)
     interrupted = False
     with _Stop():
         try:
+            # The note now, not only at the end: the dashboard shows it during the run, and
+            # optuna-dashboard (it loads scikit-learn) is imported while the workers start.
+            _save_note(study, spec)
             while any(p.is_alive() for p in processes):
                 progress.trials(trials(study), total)
-                time.sleep(1)
+                wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
         except KeyboardInterrupt:
             interrupted = True
         finally:
