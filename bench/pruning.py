@@ -34,12 +34,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings, for CI")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pruning.json"))
     args = parser.parse_args()
+    classes, per_class, size = 8, 60, 64
     if args.quick:
         args.trials, args.epochs = 2, 3
+        classes, per_class, size = 4, 20, 32
     lr = (args.lr[0], args.lr[1])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = demo_data(root / "demo", classes=8, per_class=60, size=64)
+        data = demo_data(root / "demo", classes=classes, per_class=per_class, size=size)
         rows = {}
         for collapse in (False, True):
             folder = root / f"collapse-{collapse}"
@@ -51,7 +53,7 @@ def main() -> None:
                 args.epochs,
                 lr,
                 collapse,
-                64,
+                size,
                 "adamw",
                 False,
                 args.warmup,

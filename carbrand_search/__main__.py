@@ -1,5 +1,5 @@
 """`python -m carbrand_search` = the `carbrand-search` command."""
 
-from carbrand_search.cli import app
+from carbrand_search.cli import main
 
-app(prog_name="carbrand-search")
+main()

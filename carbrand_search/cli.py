@@ -12,6 +12,7 @@ from rich.table import Table
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
+from carbrand_search.core.process import exit_now
 from carbrand_search.core.terminal import PlainConsole, tagged
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 # 3 the search stopped before its budget (workers failed); 130 interrupted (Ctrl-C, SIGTERM).
 EXIT_BAD_FILES, EXIT_USER_ERROR, EXIT_SHORT_OF_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
 STATUS_ROWS = 50  # trials in `status`'s table unless --all
+
+
+def main() -> None:
+    """The `carbrand-search` command (and `python -m carbrand_search`)."""
+    try:
+        app(prog_name="carbrand-search")
+    except SystemExit as stop:
+        exit_now(stop.code)
+    exit_now(0)
 
 
 def error_line(message: str) -> None:

@@ -212,7 +212,11 @@ def test_dataset_edge_cases(tmp_path: Path) -> None:
         ("postgresql+psycopg://:hunter2@127.0.0.1:1/db", "cannot open"),
         ("postgresql+psycopg://u@127.0.0.1:1/db?password=hunter2", "cannot open"),
         ("postgresql+psycopg://u:hunter2@[not-a-host/db", "cannot open"),
-        ("postgresql+psycopg://postgres@127.0.0.1:5432/no_such_database_here", "cannot open"),
+        pytest.param(
+            "postgresql+psycopg://postgres@127.0.0.1:5432/no_such_database_here",
+            "cannot open",
+            marks=pytest.mark.postgres,
+        ),
         ("journal:///no/such/folder/journal.log", "does not exist"),
         ("sqlite:////no/such/folder/x.db", "cannot open"),
     ],

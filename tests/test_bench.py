@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # each starts a bench script
+
 
 def run_bench(script: str, out: Path) -> dict:
     done = subprocess.run(
@@ -65,6 +67,7 @@ def test_large_study_bench(tmp_path: Path) -> None:
     assert all(seconds > 0 for seconds in result["rows"].values())
 
 
+@pytest.mark.postgres
 def test_storage_bench(tmp_path: Path) -> None:
     result = run_bench("storage.py", tmp_path / "result.json")
     assert {row["storage"] for row in result["rows"]} == {"sqlite", "journal", "postgresql"}

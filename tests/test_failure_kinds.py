@@ -26,6 +26,8 @@ from carbrand_search.search import record
 
 # The first time trial 0 has saved the resume point after epoch 2, its worker stops itself, so
 # the test kills it at a known point however fast it trains.
+pytestmark = pytest.mark.slow  # real worker processes, made to fail
+
 STOP_AFTER_EPOCH_2 = """
 import os, signal
 from carbrand_search.search import resume

@@ -29,6 +29,8 @@ from optuna.trial import TrialState
 from carbrand_search.search import record
 from carbrand_search.search.storage import open_storage
 
+pytestmark = pytest.mark.slow  # real processes, killed, cut off or refused
+
 
 def start_run(
     study: Path, url: str, data: Path, artifacts: Path, workers: int
@@ -40,7 +42,8 @@ def start_run(
 
 
 @pytest.mark.parametrize(
-    ("backend", "workers", "n_trials"), [("sqlite", 2, 4), ("postgres", 3, 5)]
+    ("backend", "workers", "n_trials"),
+    [("sqlite", 2, 4), pytest.param("postgres", 3, 5, marks=pytest.mark.postgres)],
 )
 def test_sigkilled_worker_trial_fails_and_is_retried(
     demo_root: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: str,
@@ -95,6 +98,7 @@ def backends(database: str, terminate: bool) -> int:
     return int(row[0])
 
 
+@pytest.mark.postgres
 def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg) -> None:
     url, name = pg
     proc = start_run(
@@ -187,6 +191,7 @@ def _expand(words: list[str], values: dict[str, str]) -> list[str]:
     return [one(w) for w in words]
 
 
+@pytest.mark.postgres
 def test_compose_commands_run_a_study_against_postgres(
     demo_root: Path, tmp_path: Path, pg
 ) -> None:

@@ -113,6 +113,7 @@ def test_example_password_is_refused_before_connecting() -> None:
     assert str(info.value).startswith("storage postgresql+psycopg://carbrand:***@127.0.0.1:9/")
 
 
+@pytest.mark.postgres
 def test_postgres_connections_use_keepalives_and_recycling() -> None:
     storage = open_storage("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     engine = storage.engine  # type: ignore[attr-defined]

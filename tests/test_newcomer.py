@@ -34,6 +34,7 @@ def load(url: str) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=open_storage(url))
 
 
+@pytest.mark.slow
 def test_run_set_is_stored_with_the_study_and_a_change_is_refused(
     demo_root: Path, tmp_path: Path
 ) -> None:
@@ -95,6 +96,7 @@ def test_clutter_is_skipped_and_counted(tmp_path: Path) -> None:
     assert skipped.exit_code == 0, skipped.output
 
 
+@pytest.mark.slow
 def test_collapsed_trials_are_pruned_and_say_why_everywhere(
     demo_root: Path, tmp_path: Path
 ) -> None:
@@ -137,6 +139,7 @@ def test_collapsed_trials_are_pruned_and_say_why_everywhere(
     assert "2/2 finished (0 complete, 2 pruned)" in note and "collapse tally: 2 pruned" in note
 
 
+@pytest.mark.slow
 def test_trials_are_tracked_in_mlflow_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -187,6 +190,7 @@ def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
         assert len(overview(open_storage(url), "big", last=None).shown) == 62
 
 
+@pytest.mark.slow
 def test_only_the_best_checkpoints_are_kept(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=8, epochs=1)

@@ -247,6 +247,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
@@ -276,6 +277,7 @@ def test_dashboard_shows_the_study_in_a_browser(done: Done, tmp_path: Path) -> N
         server.wait(timeout=30)
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )

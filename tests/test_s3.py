@@ -62,6 +62,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_checkpoints_go_to_s3_and_report_reads_them_back(
     s3: str, demo_root: Path, tmp_path: Path
 ) -> None:

@@ -52,6 +52,7 @@ def run_cli(study: Path, url: str, data: Path, tmp_path: Path, *extra: str):
     return runner.invoke(app, args)
 
 
+@pytest.mark.slow
 def test_two_workers_on_sqlite_reach_the_budget_exactly(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=5)
@@ -69,6 +70,8 @@ def test_two_workers_on_sqlite_reach_the_budget_exactly(demo_root: Path, tmp_pat
     assert finished(url) == 7
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_two_workers_on_postgres(demo_root: Path, tmp_path: Path, pg) -> None:
     url, _ = pg
     study_file = write_study(tmp_path, n_trials=4)
@@ -83,6 +86,7 @@ def test_two_workers_on_postgres(demo_root: Path, tmp_path: Path, pg) -> None:
     assert None not in workers and 1 <= len(workers) <= 2
 
 
+@pytest.mark.slow
 def test_journal_storage(demo_root: Path, tmp_path: Path) -> None:
     url = f"journal://{tmp_path / 'journal.log'}"
     result = run_cli(write_study(tmp_path, n_trials=3), url, demo_root, tmp_path, "--workers", "2")
@@ -151,6 +155,7 @@ def test_other_study_file_under_same_name_is_refused(done_copy: Done, tmp_path: 
     assert states(done_copy.url) == before
 
 
+@pytest.mark.slow
 def test_signals_stop_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Path) -> None:
     """Ctrl-C, then SIGTERM (`kill`, `docker stop`) on the run that resumed it: each stops its
     workers mid-trial, fails and re-queues the trial, orphans nothing; a third run finishes."""
@@ -191,6 +196,7 @@ def test_signals_stop_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Pat
         assert len(retries) == 1 and retries[0].params == trial.params, trial.number
 
 
+@pytest.mark.slow
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=3, epochs=3)
@@ -316,6 +322,7 @@ def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no study 'ghost'" in result.output
 
 
+@pytest.mark.slow
 def test_a_queued_trial_goes_to_exactly_one_worker_on_sqlite(tmp_path: Path) -> None:
     """SQLite ignores SELECT … FOR UPDATE: without IMMEDIATE transactions, workers asking at once
     could all pop the same WAITING trial and run it twice. Four real processes ask together,
@@ -388,6 +395,7 @@ class RecordedProgress:
         self.views += 1
 
 
+@pytest.mark.slow
 def test_run_study_is_a_function_tests_can_call(demo_root: Path, tmp_path: Path) -> None:
     spec = load_spec(str(write_study(tmp_path, n_trials=2)))
     options = RunOptions(

@@ -163,6 +163,7 @@ def test_warmup_raises_the_lr_to_the_base_rate(scheduler: str) -> None:
         assert lrs[steps:] == pytest.approx([base] * (2 * steps))
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_like_the_plain_model(demo_root: Path, tmp_path: Path) -> None:
     plain = small_config("train.epochs=1", "model.filters=[8, 16]")
     compiled = replace(plain, train=replace(plain.train, compile=True))

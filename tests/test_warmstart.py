@@ -4,6 +4,7 @@ parameter sets that fit this space, and names those it skips."""
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import write_study
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -74,6 +75,7 @@ def test_from_skips_sets_with_parameters_this_space_does_not_search(tmp_path: Pa
     assert result.skipped == ((0, "model.dropout is not searched here"),)
 
 
+@pytest.mark.slow
 def test_run_from_through_the_cli(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     common = ["--storage", url, "--data", str(demo_root), "--artifacts", str(tmp_path / "a")]

@@ -9,6 +9,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from carbrand_search.core.process import exit_now
+
 
 @dataclass
 class WaitingWorkers:
@@ -63,4 +65,8 @@ def _await_plan(conn: Connection) -> None:
         return
     finally:
         conn.close()
-    worker_main(plan)
+    try:
+        worker_main(plan)
+    except SystemExit as stop:
+        exit_now(stop.code)
+    exit_now(0)
