@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -257,10 +258,30 @@ def freeze_a_running_worker(url: str, min_epoch: int = 1) -> tuple[int, FrozenTr
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
             continue  # that worker has just exited
+        if holds_sqlite_lock(url):
+            os.kill(pid, signal.SIGCONT)  # stopped inside a transaction: it would block us all
+            time.sleep(0.05)
+            continue
         now = next(t for t in trials_of(url) if t.number == seen.number)
         if now.state == TrialState.RUNNING:
             return pid, now
         os.kill(pid, signal.SIGCONT)  # it finished the trial before it stopped: try again
+
+
+def holds_sqlite_lock(url: str) -> bool:
+    """Whether someone holds the write lock of SQLite storage `url` (every transaction of ours
+    begins IMMEDIATE, reads included); False for other storages."""
+    if not url.startswith("sqlite:///"):
+        return False
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.2, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
 
 
 def signal_pending(pid: int, signum: int) -> bool:
