@@ -373,8 +373,13 @@ def run(
             workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
             warm_from=from_study, warm_top=top,
         )  # fmt: skip
+        from carbrand_search.search.worker import WorkerStopped
+
         with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
             outcome = run_study(spec, options, launch, progress, waiting)
+    except WorkerStopped as e:  # the database stayed away for longer than `run` waits
+        error_line(f"{spec.name}: {e}; `run` again to resume")
+        raise typer.Exit(EXIT_SHORT_OF_BUDGET) from None
     finally:
         waiting.cancel()
     if outcome.nothing_to_do:

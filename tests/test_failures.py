@@ -71,3 +71,23 @@ def test_a_trial_whose_worker_died_reads_as_killed(setup: tuple[optuna.Study, Ob
     trial = study.ask()
     study.tell(trial, state=TrialState.FAIL)  # what stop_workers and the heartbeat reaper do
     assert reason_text(study.get_trials()[-1]) == "killed"
+
+
+def test_a_database_outage_is_recognised_through_optunas_wrappers() -> None:
+    import sqlalchemy
+
+    from carbrand_search.search.failures import database_unreachable
+
+    cut = sqlalchemy.exc.OperationalError("COMMIT", {}, ConnectionRefusedError("refused"))
+    try:
+        try:
+            raise optuna.exceptions.StorageInternalError("during the commit") from cut
+        except optuna.exceptions.StorageInternalError:
+            # What Optuna's loop raises after a tell failed that way (its own bug).
+            raise UnboundLocalError("cannot access local variable 'updated_state'") from None
+    except UnboundLocalError as e:
+        tell_failed = e
+    assert tell_failed.__cause__ is None and tell_failed.__context__ is not None
+    assert database_unreachable(tell_failed) and database_unreachable(cut)
+    assert not database_unreachable(ValueError("a bug"))
+    assert not database_unreachable(optuna.exceptions.StorageInternalError("bad data"))

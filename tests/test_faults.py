@@ -5,8 +5,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,6 +21,7 @@ from conftest import (
     REPO,
     cli,
     freeze_a_running_worker,
+    running,
     start_cli,
     trials_of,
     wait_for,
@@ -119,6 +123,69 @@ def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg)
     assert sum(t.state in FINISHED for t in found) == 4  # nothing lost, nothing extra
     assert all(t.state != TrialState.RUNNING for t in found)
     print(f"recovered and finished {time.monotonic() - started:.1f}s after the first cut")
+
+
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A PostgreSQL server of this test's own (initdb in a temporary folder, a free loopback
+    port, run as the postgres user), so that stopping it disturbs no other test. Yields its URL
+    and `outage()`: the server stops, stays down 3 s, and starts again."""
+    if PG_BIN is None or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    folder = Path(tempfile.mkdtemp(prefix="cbs-pg-"))
+    shutil.chown(folder, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w"]
+    ctl += ["-o", f"-p {port} -k {folder} -h 127.0.0.1"]
+
+    def outage() -> None:
+        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60)
+        time.sleep(3)
+        subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=60)
+
+    subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=60)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", outage
+    finally:
+        subprocess.run([*ctl, "stop", "-m", "immediate"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_a_database_restart_mid_run_needs_no_second_command(
+    demo_root: Path, tmp_path: Path, own_postgres: tuple[str, Callable[[], None]]
+) -> None:
+    """The server goes away for 3 s while two workers train: `run` and its workers wait for it
+    and the study finishes its budget, nothing lost, nothing run twice, exit 0."""
+    url, outage = own_postgres
+    study = write_study(tmp_path, n_trials=4, epochs=4)
+    proc = start_run(study, url, demo_root, tmp_path / "a", 2)
+    wait_for(lambda: bool(running(url)))
+    outage()
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "database unreachable" in output  # `run` saw it, and waited
+    found = trials_of(url)
+    assert sum(t.state in FINISHED for t in found) == 4
+    assert all(t.state in (*FINISHED, TrialState.FAIL) for t in found)
+    for failed in (t for t in found if t.state == TrialState.FAIL):
+        retries = [
+            t for t in found
+            if record.read(t).retry_of == failed.number
+            or t.system_attrs.get("failed_trial") == failed.number
+        ]  # fmt: skip
+        assert len(retries) == 1 and retries[0].params == failed.params
 
 
 def test_two_runs_at_once_respect_the_budget(demo_root: Path, tmp_path: Path) -> None:

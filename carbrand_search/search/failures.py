@@ -33,7 +33,7 @@ def kind_of(error: BaseException) -> str:
 
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return OOM
-    if isinstance(error, sqlalchemy.exc.OperationalError | StoreUnwritable):
+    if isinstance(error, StoreUnwritable) or database_unreachable(error):
         return STORAGE
     if type(error).__module__.startswith("botocore"):
         return STORAGE  # S3 still failing after the store's own retries
@@ -44,6 +44,20 @@ def kind_of(error: BaseException) -> str:
         # was told to stop (SIGTERM, Ctrl-C).
         return KILLED
     return BUG
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` comes from the database going away (a restart, cut connections): what
+    workers and `run` wait out. Optuna wraps the driver's error in StorageInternalError, and a
+    tell that fails that way makes Optuna's loop raise an error whose context it is."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe(error: BaseException) -> str:

@@ -36,7 +36,7 @@ from carbrand_search.search.study import (
 )
 from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.warmstart import enqueue_from
-from carbrand_search.search.worker import WorkerPlan, run_worker
+from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
 from carbrand_search.training.run import build_model, load_split
 
 
@@ -209,20 +209,22 @@ def _run_study(
     ]
     processes = waiting.release(plans)
     interrupted = False
+    # A database restart is waited out here as in the workers, which go on training meanwhile.
+    outage = Backoff(say=progress.warning)
     with _Stop():
         try:
             # The note now, not only at the end: the dashboard shows it during the run, and
             # optuna-dashboard (it loads scikit-learn) is imported while the workers start.
-            _save_note(study, spec)
+            riding_out(lambda: _save_note(study, spec), outage)
             while any(p.is_alive() for p in processes):
-                progress.trials(trials(study), total)
+                progress.trials(riding_out(lambda: trials(study), outage), total)
                 wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            stop_workers(processes, study)
-    _save_note(study, spec)
-    found = trials(study)
+            riding_out(lambda: stop_workers(processes, study), outage)
+    riding_out(lambda: _save_note(study, spec), outage)
+    found = riding_out(lambda: trials(study), outage)
     return RunOutcome(
         study=spec.name,
         budget=total,

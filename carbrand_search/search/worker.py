@@ -5,19 +5,20 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
-import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from carbrand_search.core.errors import first_line
 from carbrand_search.search import record
 from carbrand_search.search.admission import wait_reason
 from carbrand_search.search.checkpoints import CheckpointKeeper
-from carbrand_search.search.failures import BUG
+from carbrand_search.search.failures import BUG, database_unreachable
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
@@ -32,6 +33,8 @@ from carbrand_search.search.study import (
 )
 from carbrand_search.training.device import available_memory
 from carbrand_search.training.run import load_training_data
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,12 @@ def run_worker(plan: WorkerPlan) -> None:
                     gc_after_trial=True,
                 )  # fmt: skip
                 outage.reset()
-            except sqlalchemy.exc.OperationalError as e:
+            except Exception as e:
+                if not database_unreachable(e):
+                    raise
                 # The database went away (restart, network): wait and retry; a trial cut off
-                # mid-way stays RUNNING until its heartbeat lapses, then is re-queued.
+                # mid-way (its tell may have failed) stays RUNNING until its heartbeat lapses,
+                # then is re-queued and resumes from its last resume point.
                 outage.wait(e)
     except KeyboardInterrupt:
         return
@@ -182,10 +188,11 @@ class WorkerStopped(Exception):
 
 class Backoff:
     """Waits 1, 2, 4 … 30 s between retries while the database is unreachable; gives up after
-    `patience_s` without success."""
+    `patience_s` without success. `say` hears the first error of each outage."""
 
-    def __init__(self, patience_s: float = 300):
+    def __init__(self, patience_s: float = 300, say: Callable[[str], None] | None = None):
         self.patience_s = patience_s
+        self.say = say
         self.delay = 1.0
         self.since: float | None = None
 
@@ -194,8 +201,24 @@ class Backoff:
 
     def wait(self, error: Exception) -> None:
         now = time.monotonic()
+        if self.since is None and self.say is not None:
+            self.say(f"database unreachable ({first_line(error, 160)}); waiting for it")
         self.since = self.since or now
         if now - self.since > self.patience_s:
             raise WorkerStopped(f"database unreachable for {self.patience_s:.0f}s: {error}")
         time.sleep(self.delay)
         self.delay = min(30.0, self.delay * 2)
+
+
+def riding_out(call: Callable[[], T], outage: Backoff) -> T:
+    """`call()`, retried with `outage`'s back-off while the database is unreachable."""
+    while True:
+        try:
+            result = call()
+        except Exception as e:
+            if not database_unreachable(e):
+                raise
+            outage.wait(e)
+        else:
+            outage.reset()
+            return result
