@@ -66,6 +66,7 @@ def test_small_cnn_trains_on_real_photos(real_subset: Path, tmp_path: Path) -> N
     assert accuracy == pytest.approx(metrics["best"]["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LITE0.is_file(), reason="shared ImageNet weights not present")
 def test_pretrained_lite0_fine_tunes_on_real_photos(real_subset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

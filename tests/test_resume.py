@@ -34,6 +34,7 @@ class KeepAll:
         self.states.append(FitState.from_bytes(state.to_bytes()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [

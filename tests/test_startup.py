@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Done, write_study
 
 HEAVY = ("torch", "timm", "torchvision", "torch._dynamo", "sklearn", "matplotlib")
@@ -40,6 +41,7 @@ augment_for(config).train_batch(images, torch.Generator().manual_seed(0))
 """
 
 
+@pytest.mark.slow
 def test_a_small_cnn_worker_starts_without_timm_torchvision_or_sklearn(
     demo_root: Path, tmp_path: Path
 ) -> None:
@@ -48,6 +50,7 @@ def test_a_small_cnn_worker_starts_without_timm_torchvision_or_sklearn(
     assert loaded == {"torch"}
 
 
+@pytest.mark.slow
 def test_a_timm_family_loads_timm_when_its_model_is_built(demo_root: Path, tmp_path: Path) -> None:
     study = write_study(tmp_path)
     study.write_text(
@@ -59,6 +62,7 @@ def test_a_timm_family_loads_timm_when_its_model_is_built(demo_root: Path, tmp_p
     assert {"timm", "torchvision"} <= loaded
 
 
+@pytest.mark.slow
 def test_resized_crops_load_torchvision_only_when_used(demo_root: Path, tmp_path: Path) -> None:
     study = write_study(tmp_path)
     study.write_text(

@@ -84,6 +84,7 @@ def test_train_cli_bad_data_folder(tmp_path: Path) -> None:
     assert "data folder" in result.output and "does not exist" in result.output
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_demo_data(demo_root: Path, tmp_path: Path) -> None:
     config = small_config("train.epochs=8")
     data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
