@@ -359,8 +359,9 @@ def run(
     from carbrand_search.search.spec import load_spec, with_overrides
 
     spec = with_overrides(load_spec(study), overrides or [])
-    # The workers import torch and the trainer while this process imports and checks the rest.
-    waiting = WaitingWorkers.spawn(workers)
+    # The workers import torch and the trainer while this process imports and checks the rest;
+    # no more than the cores at first (the rest start once the checks pass).
+    waiting = WaitingWorkers.spawn(min(workers, os.cpu_count() or 1))
     try:
         from carbrand_search.progress import RichRunProgress, trials_line
         from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
