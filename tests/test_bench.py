@@ -84,3 +84,10 @@ def test_gpu_script_refuses_without_a_gpu(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "torch sees no CUDA GPU" in done.stderr
     assert not (tmp_path / "gpu.log").exists()
+
+
+def test_startup_bench(tmp_path: Path) -> None:
+    result = run_bench("startup.py", tmp_path / "result.json")
+    assert result["worker_import"]["loaded"] == []  # no timm, torchvision, torch._dynamo, sklearn
+    assert result["first_running_s_small_cnn"] > 0
+    assert "timm" in result["worker_import_and_build_small_cnn"]["loaded"]  # the optimizer factory
