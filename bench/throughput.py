@@ -36,7 +36,8 @@ from carbrand_search.data.cache import load_or_build
 from carbrand_search.data.demo import DemoSpec, write_demo
 from carbrand_search.data.imagefolder import load_image, scan, square_array
 from carbrand_search.data.loader import DeviceSplit
-from carbrand_search.training.fit import model_input, train_step
+from carbrand_search.training.fit import train_step
+from carbrand_search.training.precision import Precision
 
 CACHE_PX = 256  # side of the cached demo images the models crop from
 STEPS_PER_CHECK = 5  # packed runs: training steps between looks at the clock
@@ -63,7 +64,7 @@ def timed_steps(model, optimizer, make, steps: int, device) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         x, y = make()
-        train_step(model, criterion, optimizer, model_input(x, device), y, amp=True)
+        train_step(model, criterion, optimizer, x, y, Precision.for_device(device, True, True))
     sync(device)
     return time.perf_counter() - start
 
@@ -77,9 +78,7 @@ def setup(spec: str, split: DeviceSplit, classes: int, batch: int, device):
         augment.mean,
         augment.std,
     )
-    model.to(device).train()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    Precision.for_device(device, True, True).prepare(model.to(device).train())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator(device=device).manual_seed(0)
     order = torch.Generator().manual_seed(0)
@@ -177,7 +176,7 @@ def epoch_rows(root: Path, size: int, crop: int, batch: int, rounds: int, device
     split = scan(root).splits["train"]
     model, augment = build("small_cnn", len(scan(root).classes))
     augment = Augment(DataConfig(cache_size=size, image_size=crop), augment.mean, augment.std)
-    model.to(device)
+    Precision.for_device(device, True, True).prepare(model.to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     criterion = torch.nn.CrossEntropyLoss()
     g = torch.Generator(device=device).manual_seed(0)
@@ -186,8 +185,9 @@ def epoch_rows(root: Path, size: int, crop: int, batch: int, rounds: int, device
     def epoch(batches) -> float:
         start = time.perf_counter()
         for images, labels in batches:
-            x = model_input(augment.train_batch(images.to(device), g), device)
-            train_step(model, criterion, optimizer, x, labels.to(device), amp=True)
+            x = augment.train_batch(images.to(device), g)
+            precision = Precision.for_device(device, True, True)
+            train_step(model, criterion, optimizer, x, labels.to(device), precision)
         sync(device)
         return time.perf_counter() - start
 

@@ -273,6 +273,11 @@ def train(
 
     spec = load_spec(study)
     config = apply_overrides(spec.resolve(spec.defaults()), overrides or [])
+    if config.distill.on:
+        raise UserError(
+            f"{spec.path}: distill.teacher names a study in a storage, which `train` does not "
+            "open; run the study with `carbrand-search run`"
+        )
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch_device = resolve_device(device)
     out = out or Path("runs") / spec.name / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -502,6 +507,14 @@ def studies(storage: StorageOpt = defaults.STORAGE) -> None:
         console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")
 
 
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta", help="Test-time augmentation: average each image's and its mirror's prediction."
+    ),
+]
+
+
 @app.command("report")
 @reports_errors
 def report(
@@ -515,6 +528,7 @@ def report(
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     data: StoredDataOpt = None,
     cache_dir: CacheOpt = None,
+    tta: TtaOpt = False,
 ) -> None:
     """Evaluate the best trial(s) on the test split; write report.html, report.md, report.json."""
     import time
@@ -531,7 +545,7 @@ def report(
     result = build_report(
         optuna_study, artifacts=artifact_store(artifacts),
         images=image_source(optuna_study, data, cache_dir), out=folder, top=top, force=force,
-        storage_label=mask(storage),
+        storage_label=mask(storage), tta=tta,
     )  # fmt: skip
     best = result.trials[0]
     console.print(
@@ -553,15 +567,17 @@ def compare(
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     data: StoredDataOpt = None,
     cache_dir: CacheOpt = None,
+    tta: TtaOpt = False,
 ) -> None:
-    """One table across studies: model, val acc, test acc, macro-F1, matrix pattern, trials."""
+    """One table across studies: model, teacher, val and test accuracy, macro-F1, the most
+    predicted make's share, matrix pattern, trials."""
     from carbrand_search.reports.compare import compare_studies
     from carbrand_search.search.storage import artifact_store
     from carbrand_search.search.study import open_study
 
     rows = compare_studies(
         [open_study(name, storage) for name in studies], artifacts=artifact_store(artifacts),
-        data=data, cache=cache_dir, out=out, force=force,
+        data=data, cache=cache_dir, out=out, force=force, tta=tta,
     )  # fmt: skip
     table = Table(title="studies compared")
     for column in rows[0]:
@@ -610,10 +626,10 @@ def predict_cmd(
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
 ) -> None:
     """Top-k brands with probabilities for each image, from a study's best (or chosen) trial."""
-    from carbrand_search.reports.evaluate import load_trial_model
     from carbrand_search.reports.predict import choose_trial, predict_files
     from carbrand_search.search.storage import artifact_store
     from carbrand_search.search.study import open_study
+    from carbrand_search.search.trained import load_trial_model
 
     optuna_study = open_study(study, storage)
     chosen = choose_trial(optuna_study, trial)

@@ -21,11 +21,12 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.imagefolder import load_image, scan, square_array
-from carbrand_search.reports.evaluate import Evaluation, load_trial_model
+from carbrand_search.reports.evaluate import Evaluation
 from carbrand_search.reports.gradcam import overlays
 from carbrand_search.search import record, space
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import stored_spec
+from carbrand_search.search.trained import load_trial_model
 from carbrand_search.training.run import augment_for, build_model
 
 runner = CliRunner()

@@ -60,6 +60,9 @@ class TrainConfig:
     plateau_factor: float = 0.5
     warmup_epochs: int = 0
     freeze_epochs: int = 0  # epochs training only the classifier head
+    # timm's layer-wise learning-rate decay: each block from the head down learns at this
+    # factor of the one above it, so pretrained early layers move least; 1 = one rate for all.
+    layer_decay: float = 1.0
     class_weights: Literal["none", "balanced"] = "none"  # loss weights ∝ 1 / class frequency
     sampling: Literal["shuffle", "balanced"] = "shuffle"  # balanced: every class drawn equally
     mixup_alpha: float = 0.0  # timm Mixup's Beta(α, α); 0 = off
@@ -67,8 +70,8 @@ class TrainConfig:
     # picks one of the two at random)
     monitor: Metric = "val_macro_f1"  # picks the best epoch and is the study's objective
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX)
+    channels_last: bool = True
     compile: bool = False  # torch.compile the model for training (pays off only for long trials)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,7 @@ class TrainConfig:
             "plateau_factor": 0 < self.plateau_factor < 1,
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "freeze_epochs": 0 <= self.freeze_epochs < self.epochs,
+            "layer_decay": 0 < self.layer_decay <= 1,
             "seed": 0 <= self.seed < SEED_LIMIT,
         }
         for name, ok in checks.items():
@@ -100,6 +104,46 @@ class ModelConfig:
     params: DataclassInstance  # the model's own frozen params dataclass
 
 
+MAX_VIEWS = 64
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Learning from a teacher study's soft predictions as well as from the labels: the loss is
+    (1 − alpha)·CE(labels) + alpha·T²·KL(teacher_T ‖ student_T), T the temperature."""
+
+    teacher: str = ""  # a study in the same storage and artifact store; "" = no teacher
+    trial: int = -1  # the teacher study's trial number; -1 = its best trial
+    alpha: float = 0.5
+    temperature: float = 4.0
+    # Fixed augmented views per training image whose teacher outputs are computed once per
+    # study; each epoch the student sees one of them, drawn at random.
+    views: int = 8
+
+    def __post_init__(self) -> None:
+        checks = {
+            "trial": self.trial >= -1,
+            "alpha": 0 <= self.alpha <= 1,
+            "temperature": 0 < self.temperature <= 100,
+            "views": 1 <= self.views <= MAX_VIEWS,
+        }
+        ranges = {
+            "trial": ">= -1 (-1: the best trial)",
+            "alpha": "in [0, 1]",
+            "temperature": "in (0, 100]",
+            "views": f"in [1, {MAX_VIEWS}]",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"distill.{name} must be {ranges[name]}, got {getattr(self, name)!r}"
+                )
+
+    @property
+    def on(self) -> bool:
+        return bool(self.teacher)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs."""
@@ -107,6 +151,17 @@ class RunConfig:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    distill: DistillConfig = DistillConfig()
+
+    def __post_init__(self) -> None:
+        mixing = self.train.mixup_alpha > 0 or self.train.cutmix_alpha > 0
+        if self.distill.on and mixing:
+            # The teacher's outputs are computed once, for unmixed views: what it would say of
+            # a mixed image is unknown, and a mix of its outputs is not that.
+            raise ValueError(
+                "train.mixup_alpha and train.cutmix_alpha must be 0 with a distill.teacher "
+                "(its outputs are cached for unmixed views)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, keys as in the study file."""

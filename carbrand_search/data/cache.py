@@ -96,7 +96,7 @@ def _open_verified(folder: Path, key: str) -> CachedSplit | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     # Parallel workers starting at once: one builds, the others wait and then reuse.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def load_or_build(
     cached = _open_verified(folder, key)
     if cached is not None:
         return cached
-    with _locked(cache_root / f"{folder.name}.lock"):
+    with locked(cache_root / f"{folder.name}.lock"):
         cached = _open_verified(folder, key)  # another worker may have built it meanwhile
         if cached is not None:
             return cached

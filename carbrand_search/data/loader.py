@@ -44,14 +44,28 @@ class DeviceSplit:
         draw_weights: Tensor | None = None,
         skip: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(images, labels) batches; shuffled when a generator is given, in order otherwise.
-        With `draw_weights` (one per sample) an epoch is as many draws with replacement, each
-        sample drawn in proportion to its weight. The first `skip` batches are left out (the
-        order is drawn all the same, so a resumed epoch goes on as it began)."""
+        """(images, labels) batches of `indexed_batches`."""
+        for _, images, labels in self.indexed_batches(batch_size, generator, draw_weights, skip):
+            yield images, labels
+
+    def indexed_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        draw_weights: Tensor | None = None,
+        skip: int = 0,
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(row numbers on the host, images, labels) batches; shuffled when a generator is
+        given, in order otherwise. With `draw_weights` (one per sample) an epoch is as many
+        draws with replacement, each sample drawn in proportion to its weight. The first `skip`
+        batches are left out (the order is drawn all the same, so a resumed epoch goes on as it
+        began)."""
         n = len(self)
         if generator is None:
             for start in range(skip * batch_size, n, batch_size):
+                index = torch.arange(start, min(start + batch_size, n))
                 yield (
+                    index,
                     self._on_device(self.images[start : start + batch_size]),
                     self.labels[start : start + batch_size],
                 )
@@ -65,7 +79,8 @@ class DeviceSplit:
         image_order, label_order = order.to(self.images.device), order.to(self.device)
         for start in range(skip * batch_size, n, batch_size):
             images = self._gather(image_order[start : start + batch_size])
-            yield self._on_device(images), self.labels[label_order[start : start + batch_size]]
+            labels = self.labels[label_order[start : start + batch_size]]
+            yield order[start : start + batch_size], self._on_device(images), labels
 
     def _gather(self, index: Tensor) -> Tensor:
         if self.images.is_pinned():

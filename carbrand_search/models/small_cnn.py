@@ -18,6 +18,11 @@ class ConvBlock(nn.Module):
         self.act = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups from the input up, for timm's layer-wise learning-rate decay; the
+        head, matched by neither, comes last."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
+
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.norm(self.conv(x))))
 
@@ -49,6 +54,11 @@ class SmallCNN(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The layers trained while `freeze_epochs` holds the rest (timm's name for it)."""
         return self.head
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups from the input up, for timm's layer-wise learning-rate decay; the
+        head, matched by neither, comes last."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)))

@@ -1,31 +1,19 @@
-"""Rebuild a stored trial's model (params + checkpoint artifact) and evaluate it on a split."""
+"""Evaluate a rebuilt trial model on a split: predictions, scores, confusion, verdict."""
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
-from optuna.artifacts import download_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import FrozenTrial
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.metrics import precision_recall_fscore_support as prf
-from torch import nn
 
-from carbrand_search.core.config import RunConfig
-from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.data.cache import load_or_build
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.data.loader import DeviceSplit
-from carbrand_search.search import record, space
-from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import best_trials, stored_spec, trials
+from carbrand_search.search.trained import TrialModel
 from carbrand_search.training.fit import predict
-from carbrand_search.training.run import augment_for, build_model
+from carbrand_search.training.run import augment_for, precision_for
 
 COLLAPSE_SHARE = 0.5  # one brand taking half the predictions is a collapse at any class count
 
@@ -60,54 +48,6 @@ class Verdict:
     times_chance: float  # diagonal share over 1 / brands
     classes_predicted: int
     text: str
-
-
-@dataclass(frozen=True)
-class TrialModel:
-    """A finished trial rebuilt: its config, classes and model at the best epoch."""
-
-    trial: FrozenTrial
-    config: RunConfig
-    classes: tuple[str, ...]
-    model: nn.Module
-
-
-def load_trial_model(
-    study: optuna.Study, trial: FrozenTrial, artifacts: ArtifactStore
-) -> TrialModel:
-    """The model of `trial` from its stored params and checkpoint artifact; clear errors."""
-    spec = stored_spec(study)
-    config = spec.resolve(space.decode(spec, trial.params))
-    stored = record.read(trial)
-    artifact_id, classes = stored.checkpoint, stored.classes
-    if not artifact_id or not classes:
-        raise UserError(f"trial {trial.number} of '{study.study_name}' has no checkpoint artifact")
-    model = build_model(config, len(classes))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        try:
-            download_artifact(
-                artifact_store=artifacts, artifact_id=artifact_id, file_path=str(path)
-            )
-            model.load_state_dict(load_file(str(path)))
-        # ValueError: an id that leaves the store (`../x`), refused by Optuna.
-        except (
-            OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
-            TypeError,
-        ) as e:  # fmt: skip
-            kept = spec.keep_checkpoints
-            ranked = [t.number for t in best_trials(trials(study), spec.direction)]
-            if kept and trial.number in ranked[kept:]:
-                raise UserError(
-                    f"trial {trial.number}: its checkpoint was removed (the study keeps the "
-                    f"weights of its best {kept} trials: [study] keep_checkpoints)"
-                ) from e
-            raise UserError(
-                f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
-                f"({first_line(e, 200)})"
-            ) from e
-    model.eval()
-    return TrialModel(trial, config, classes, model)
 
 
 @dataclass(frozen=True)
@@ -195,25 +135,27 @@ def evaluate_split(
     *,
     split: str = "test",
     skip_bad: bool = False,
+    tta: bool = False,
 ) -> Evaluation:
-    """Predict every image of `split`; its classes must be the ones the model was trained on."""
+    """Predict every image of `split`; its classes must be the ones the model was trained on.
+    With `tta`, each image's probabilities are the mean over it and its mirror image."""
     tree = scan(data_root)
-    if tree.classes != tm.classes:
-        extra = sorted(set(tree.classes) - set(tm.classes))
-        missing = sorted(set(tm.classes) - set(tree.classes))
-        raise UserError(
-            f"{data_root}: classes differ from those trial {tm.trial.number} was trained on "
-            f"(not trained on: {extra or 'none'}; absent here: {missing or 'none'})"
-        )
+    tm.check_classes(tree.classes, str(data_root))
     cached = load_or_build(
         tree.splits[split], tm.config.data.cache_size, tm.config.data.fit, cache_root, skip_bad
     )
     device_split = DeviceSplit.from_arrays(cached.images, cached.labels, torch.device("cpu"))
-    logits, labels = predict(tm.model, device_split, augment_for(tm.config), 64)
+    augment = augment_for(tm.config)
+    precision = precision_for(tm.config, device_split.device)
+    logits, labels = predict(tm.model, device_split, augment, 64, precision)
+    probs = logits.softmax(1)
+    if tta:
+        mirrored, _ = predict(tm.model, device_split, augment, 64, precision, flip=True)
+        probs = (probs + mirrored.softmax(1)) / 2
     return Evaluation(
         classes=tm.classes,
         labels=labels.numpy(),
-        preds=logits.argmax(1).numpy(),
-        probs=logits.softmax(1).numpy(),
+        preds=probs.argmax(1).numpy(),
+        probs=probs.numpy(),
         images=np.asarray(cached.images),
     )

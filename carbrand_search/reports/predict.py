@@ -11,10 +11,10 @@ from PIL import Image
 
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.imagefolder import BadImage, load_image, square_array
-from carbrand_search.reports.evaluate import TrialModel
 from carbrand_search.reports.gradcam import overlays
 from carbrand_search.reports.report import ranked_trials
 from carbrand_search.search.study import trials
+from carbrand_search.search.trained import TrialModel
 from carbrand_search.training.run import augment_for
 
 

@@ -26,14 +26,13 @@ from carbrand_search.reports.evaluate import (
     ClassScores,
     ConfusedPair,
     Evaluation,
-    TrialModel,
     Verdict,
     evaluate_split,
-    load_trial_model,
 )
 from carbrand_search.reports.gradcam import overlays
 from carbrand_search.search import record, space
 from carbrand_search.search.failures import KILLED
+from carbrand_search.search.record import TeacherRef
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import (
     CollapseTally,
@@ -45,6 +44,7 @@ from carbrand_search.search.study import (
     stored_spec,
     trials,
 )
+from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
@@ -63,6 +63,7 @@ class TestSection:
     """A trial's model on the test split."""
 
     images: int
+    tta: bool  # probabilities averaged over each image and its mirror image
     accuracy: float
     macro_f1: float
     per_class: dict[str, ClassScores]
@@ -79,6 +80,7 @@ class TrialSection:
     number: int
     value: float | None
     model: str
+    teacher: TeacherRef | None
     params: dict[str, Any]
     val: dict[str, float]
     best_epoch: int | None
@@ -164,9 +166,10 @@ def _trial_section(
     artifacts: ArtifactStore,
     images: ImageSource,
     out: Path,
+    tta: bool,
 ) -> TrialSection:
     tm = load_trial_model(study, trial, artifacts)
-    ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad)
+    ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad, tta=tta)
     folder = out / f"trial-{trial.number}"
     folder.mkdir()
     cm = ev.confusion
@@ -188,11 +191,13 @@ def _trial_section(
         number=trial.number,
         value=trial.value,
         model=tm.config.model.name,
+        teacher=stored.teacher,
         params=params,
         val=stored.val or {},
         best_epoch=stored.best_epoch,
         test=TestSection(
             images=len(ev.labels),
+            tta=tta,
             accuracy=ev.accuracy,
             macro_f1=ev.macro_f1,
             per_class=ev.per_class(),
@@ -222,8 +227,10 @@ def build_report(
     top: int = 1,
     force: bool = False,
     storage_label: str,
+    tta: bool = False,
 ) -> Report:
-    """Write report.json/.md/.html (+ images) to `out`; nothing is overwritten without `force`."""
+    """Write report.json/.md/.html (+ images) to `out`; nothing is overwritten without `force`.
+    `tta`: each test prediction averages the image and its mirror image."""
     refuse_non_empty(out, "output folder", force)
     ranked = ranked_trials(study)
     found = study.get_trials()
@@ -247,7 +254,7 @@ def build_report(
             retries=sum(record.read(t).retry_of is not None for t in found),
             resumed=sum(record.read(t).resumed_from is not None for t in found),
             images=_study_views(study, found, work),
-            trials=[_trial_section(study, t, artifacts, images, work) for t in ranked[:top]],
+            trials=[_trial_section(study, t, artifacts, images, work, tta) for t in ranked[:top]],
         )
         (work / "report.json").write_text(report.to_json())
         (work / "report.md").write_text(to_markdown(report))
@@ -307,10 +314,12 @@ def _summary_lines(report: Report) -> list[str]:
 def _trial_lines(t: TrialSection) -> list[str]:
     test = t.test
     pairs = "; ".join(f"{p.true} → {p.predicted} ({p.count})" for p in test.most_confused)
+    mirrored = ", each with its mirror image (TTA)" if test.tta else ""
     return [
         f"Model {t.model}, objective {_fmt(t.value)} (best epoch {t.best_epoch}).",
+        f"Teacher: {t.teacher or 'none'}.",
         f"Parameters: {', '.join(f'{k}={_fmt(v)}' for k, v in t.params.items())}.",
-        f"Test split ({test.images} images): accuracy {test.accuracy:.4f}, "
+        f"Test split ({test.images} images{mirrored}): accuracy {test.accuracy:.4f}, "
         f"macro-F1 {test.macro_f1:.4f}.",
         f"Verdict: {test.verdict.text}.",
         f"Most confused: {pairs or 'none'}.",

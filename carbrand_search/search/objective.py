@@ -20,10 +20,18 @@ from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import held, trials
+from carbrand_search.search.teacher import Teacher
 from carbrand_search.search.tracking import TrialTracker
 from carbrand_search.training.device import PeakMemory
+from carbrand_search.training.distill import Teaching
 from carbrand_search.training.fit import EpochMetrics, predict
-from carbrand_search.training.run import TrainingData, augment_for, fit_config, new_model
+from carbrand_search.training.run import (
+    TrainingData,
+    augment_for,
+    fit_config,
+    new_model,
+    precision_for,
+)
 from carbrand_search.training.state import FitState
 
 
@@ -86,6 +94,7 @@ class Objective:
     artifacts: ArtifactStore
     budget: int
     worker: str
+    teacher: Teacher | None = None  # the study's, its views on the training device
 
     def __call__(self, trial: optuna.Trial) -> float:
         if held(trials(trial.study), before=trial.number) >= self.budget:
@@ -145,7 +154,13 @@ class Objective:
 
         from carbrand_search.core import plots  # matplotlib: loaded by the first trial to end
 
-        logits, labels = predict(model, self.data.val, augment_for(config), 64)
+        logits, labels = predict(
+            model,
+            self.data.val,
+            augment_for(config),
+            64,
+            precision_for(config, self.data.val.device),
+        )
         classes = self.data.tree.classes
         cm = confusion_matrix(labels, logits.argmax(1), labels=range(len(classes)))
         with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +193,16 @@ class Objective:
 
         listener = TrialListener(trial, self.spec, evidence, tracker)
         state = self._take_over(trial, saver, listener)
-        result = fit_config(model, config, self.data, listener, resume=state, checkpointer=saver)
+        teaching = None
+        if self.teacher is not None:
+            record.taught_by(trial, self.teacher.ref)
+            teaching = Teaching(
+                self.teacher.views, config.distill.alpha, config.distill.temperature
+            )
+        result = fit_config(
+            model, config, self.data, listener, resume=state, checkpointer=saver,
+            teaching=teaching,
+        )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))

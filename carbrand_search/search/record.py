@@ -32,6 +32,7 @@ _FAILURE_KIND = "failure_kind"  # oom, storage, data or bug (search/failures.py)
 _RETRY_OF = "retry_of"  # the trial whose parameters this one runs again (failures.retry)
 _SURPLUS = "surplus"  # started after the budget was already held by others
 _WARM_START = "warm_start"  # where an enqueued parameter set came from
+_TEACHER = "teacher"  # the TeacherRef a distilled trial learned from
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,18 @@ class ResumePoint:
     artifact: str
     epoch: int
     batch: int
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """The model a distilled trial learned from: a trial of another study, and its weights."""
+
+    study: str
+    trial: int
+    weights_sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.study} trial {self.trial} (weights {self.weights_sha256[:12]})"
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class TrialRecord:
     retry_of: int | None = None  # the failed trial whose parameters this one runs again
     surplus: bool = False
     warm_start: str | None = None
+    teacher: TeacherRef | None = None
 
     @property
     def pid(self) -> int | None:
@@ -77,7 +91,7 @@ def read(trial: FrozenTrial) -> TrialRecord:
     # Optuna's heartbeat retry copies the user attributes of the trial it retries and lists the
     # retried trials in order; the last one is this trial's direct predecessor.
     retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
-    resume = attrs.get(_RESUME)
+    resume, teacher = attrs.get(_RESUME), attrs.get(_TEACHER)
     return TrialRecord(
         worker=attrs.get(_WORKER),
         device=attrs.get(_DEVICE),
@@ -96,6 +110,7 @@ def read(trial: FrozenTrial) -> TrialRecord:
         retry_of=retried[-1] if retried else attrs.get(_RETRY_OF),
         surplus=bool(attrs.get(_SURPLUS, False)),
         warm_start=attrs.get(_WARM_START),
+        teacher=TeacherRef(**teacher) if teacher else None,
     )
 
 
@@ -107,6 +122,10 @@ def epochs(trial: FrozenTrial) -> tuple[EpochRecord, ...]:
 def started(trial: optuna.Trial, worker: str, device: str) -> None:
     trial.set_user_attr(_WORKER, worker)
     trial.set_user_attr(_DEVICE, device)
+
+
+def taught_by(trial: optuna.Trial, teacher: TeacherRef) -> None:
+    trial.set_user_attr(_TEACHER, asdict(teacher))
 
 
 def resume_saved(trial: optuna.Trial, point: ResumePoint | None) -> None:

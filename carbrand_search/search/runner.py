@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
 
 from carbrand_search.core import defaults
@@ -34,6 +35,7 @@ from carbrand_search.search.study import (
     stored_spec,
     trials,
 )
+from carbrand_search.search.teacher import study_teacher
 from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
@@ -178,6 +180,7 @@ def _run_study(
         )
     preflight(spec, options, progress)
     store = open_storage(options.storage, options.heartbeat_s)
+    _check_teacher(spec, options, store, devices[0][0], progress)
     source = _source_study(launch.warm_from, store)
     study = ensure_study(spec, store, launch.n_trials)
     remember_data(study, options.data, options.cache, options.skip_bad)
@@ -234,6 +237,29 @@ def _run_study(
         worker_exit_codes=tuple(p.exitcode or 0 for p in processes),
         interrupted=interrupted,
     )
+
+
+def _check_teacher(
+    spec: StudySpec,
+    options: RunOptions,
+    store: optuna.storages.BaseStorage,
+    device: str,
+    progress: RunProgress,
+) -> None:
+    """A study with a teacher: refuse a teacher that cannot teach before any trial, and
+    compute its outputs for the training views here, once, for every worker."""
+    cfg = spec.base.distill
+    teacher = study_teacher(
+        cfg, spec.base.data, store, artifact_store(options.artifacts), scan(options.data),
+        options.cache_root, options.skip_bad, torch.device(device),
+        lambda done, total: progress.decoding("teacher views", done, total),
+    )  # fmt: skip
+    if teacher is not None:
+        how = "from the cache" if teacher.reused else "computed now"
+        progress.note(
+            f"teacher: {teacher.ref}; {cfg.views} views per training image ({how}); its top "
+            f"class is the label on {teacher.agreement:.1%} of them"
+        )
 
 
 def _save_note(study: optuna.Study, spec: StudySpec) -> None:

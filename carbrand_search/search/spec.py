@@ -13,6 +13,7 @@ from carbrand_search import models
 from carbrand_search.core import metric
 from carbrand_search.core.config import (
     DataConfig,
+    DistillConfig,
     ModelConfig,
     PrunerConfig,
     RunConfig,
@@ -82,9 +83,10 @@ class StudySpec:
 
 MAX_TRIALS = 1_000_000
 TOP_LEVEL = {
-    "study", "data", "model", "train", "space", "sampler", "pruner", "tracking", "overrides",
+    "study", "data", "model", "train", "distill", "space", "sampler", "pruner", "tracking",
+    "overrides",
 }  # fmt: skip
-SECTIONS = ("data", "model", "train")
+SECTIONS = ("data", "model", "train", "distill")
 
 
 # The repository's studies/ (an editable install): carbrand_search/search/spec.py → the repo root.
@@ -165,6 +167,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
             model_name, build(models.entry(model_name).params, model_table, "model")
         ),
         train=build(TrainConfig, raw.get("train", {}), "train"),
+        distill=build(DistillConfig, raw.get("distill", {}), "distill"),
     )
     fixed = raw.get("overrides", {})
     if not isinstance(fixed, Mapping):
@@ -172,6 +175,13 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     base = with_values(base, fixed)
     # An overridden key is fixed for every trial: it leaves the space.
     space = tuple(p for p in _parse_space(base, raw.get("space", {})) if p.key not in fixed)
+    if base.distill.on:
+        for param in space:
+            if param.key in VIEW_RECIPE:
+                raise ValueError(
+                    f"space.{param.key}: cannot be searched with a distill.teacher (the "
+                    "teacher's outputs are computed once per study for views drawn with it)"
+                )
     spec = StudySpec(
         name=path.stem,
         path=path,
@@ -204,7 +214,9 @@ def field_type(config: RunConfig, key: str) -> Any:
     """The type of dotted field `key` ("train.lr", "model.dropout"), or ValueError if unknown."""
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
-        raise ValueError(f"unknown key {key} (keys look like data.X, model.X or train.X)")
+        raise ValueError(
+            f"unknown key {key} (keys look like data.X, model.X, train.X or distill.X)"
+        )
     if key == "model.name":
         return str
     owner = config.model.params if section == "model" else getattr(config, section)
@@ -229,6 +241,7 @@ def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
         data=replace(config.data, changes["data"], "data"),
         model=ModelConfig(model.name, replace(model.params, changes["model"], "model")),
         train=replace(config.train, changes["train"], "train"),
+        distill=replace(config.distill, changes["distill"], "distill"),
     )
 
 
@@ -288,8 +301,14 @@ FIXED_PER_STUDY = {
     "train.monitor": (
         "it is the study's objective and direction, the same for every trial; set it in [train]"
     ),
+    **{
+        f"distill.{name}": "the teacher's outputs are computed once per study; set it in [distill]"
+        for name in ("teacher", "trial", "views")
+    },
 }
 CHOICE_KEYS = {"choices", "default"}
+# What the cached teacher views are drawn with (search/teacher.py): one value per study.
+VIEW_RECIPE = {"data.min_scale", "data.hflip", "data.color_jitter", "data.fit"}
 
 
 def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]:

@@ -31,6 +31,7 @@ from carbrand_search.search.study import (
     stored_spec,
     trials,
 )
+from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
 from carbrand_search.training.run import load_training_data
 
@@ -89,7 +90,11 @@ def run_worker(plan: WorkerPlan) -> None:
         plan.data, spec.base.data, plan.cache, torch.device(plan.device), skip_bad=plan.skip_bad
     )
     artifacts = artifact_store(plan.artifacts)
-    objective = Objective(spec, data, artifacts, total, worker_label())
+    teacher = study_teacher(
+        spec.base.distill, spec.base.data, storage, artifacts, data.tree, plan.cache,
+        plan.skip_bad, data.train.device,
+    )  # fmt: skip
+    objective = Objective(spec, data, artifacts, total, worker_label(), teacher)
     keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
     reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
     failures = FailureGuard()

@@ -4,7 +4,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -16,6 +15,8 @@ from carbrand_search.core import metric
 from carbrand_search.core.config import TrainConfig
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.distill import Teaching
+from carbrand_search.training.precision import Precision
 from carbrand_search.training.state import FitState, StateDict, capture_rng, restore_rng
 
 if TYPE_CHECKING:
@@ -97,7 +98,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if name is None:  # sgd
         name = "nesterov" if cfg.nesterov and cfg.momentum > 0 else "momentum"
     return create_optimizer_v2(
-        model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+        model,
+        opt=name,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None,
     )
 
 
@@ -177,45 +183,43 @@ def _set_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
-def _autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 @torch.no_grad()
 def predict(
-    model: nn.Module, split: DeviceSplit, augment: Augment, batch_size: int, amp: bool = True
+    model: nn.Module,
+    split: DeviceSplit,
+    augment: Augment,
+    batch_size: int,
+    precision: Precision,
+    flip: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Logits (float32, CPU) and labels (CPU) for a whole split, centre-cropped."""
+    """Logits (float32, CPU) and labels (CPU) for a whole split as evaluation shows it
+    (`Augment.eval_batch`), or its mirror image with `flip`."""
     model.eval()
     device = split.device
     outputs, labels = [], []
     for images, y in split.batches(batch_size):
-        with _autocast(device, amp):
-            outputs.append(model(model_input(augment.eval_batch(images), device)).float())
+        x = augment.eval_batch(images)
+        if flip:
+            x = x.flip(3)
+        with precision.autocast(device):
+            outputs.append(model(precision.input(x)).float())
         labels.append(y)
     # One copy to the host at the end: a copy per batch would make the host wait for each one.
     return torch.cat(outputs).cpu(), torch.cat(labels).cpu()
 
 
-def model_input(x: Tensor, device: torch.device) -> Tensor:
-    """A float batch in the layout the model runs fastest on (channels_last on CUDA)."""
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
 def train_step(
     forward: Callable[[Tensor], Tensor],
-    criterion: nn.Module,
+    criterion: Callable[[Tensor, Tensor], Tensor],
     optimizer: torch.optim.Optimizer,
     x: Tensor,
     labels: Tensor,
-    amp: bool,
+    precision: Precision,
 ) -> Tensor:
     """One optimisation step. The loss comes back detached and on the device: reading it
     (`.item()`) would make the host wait for the GPU, so callers do that rarely."""
-    with _autocast(x.device, amp):
-        loss = criterion(forward(x).float(), labels)
+    with precision.autocast(x.device):
+        loss = criterion(forward(precision.input(x)).float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -271,12 +275,12 @@ def _train_batches(
     draw_weights: Tensor | None,
     even: bool,
     skip: int,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    for images, labels in train.batches(batch_size, shuffle, draw_weights, skip):
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    for index, images, labels in train.indexed_batches(batch_size, shuffle, draw_weights, skip):
         n = labels.shape[0] - (labels.shape[0] % 2 if even else 0)  # Mixup pairs samples up
         # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
         if n > 1:
-            yield images[:n], labels[:n]
+            yield index[:n], images[:n], labels[:n]
 
 
 def fit(
@@ -290,13 +294,15 @@ def fit(
     *,
     resume: FitState | None = None,
     checkpointer: Checkpointer | None = None,
+    teaching: Teaching | None = None,
 ) -> FitResult:
     """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`. From
-    `resume` it goes on where that state was taken, and ends as the uninterrupted run would."""
+    `resume` it goes on where that state was taken, and ends as the uninterrupted run would.
+    With `teaching`, each image is one of its cached views and the loss also learns from the
+    teacher's outputs for that view."""
     device = train.device
-    model.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    precision = Precision.for_device(device, cfg.amp, cfg.channels_last)
+    precision.prepare(model.to(device))
     weights = None
     if cfg.class_weights == "balanced":
         from sklearn.utils.class_weight import compute_class_weight
@@ -363,13 +369,16 @@ def fit(
         batches = _train_batches(
             train, cfg.batch_size, shuffle, draw_weights, mixup is not None, done
         )
-        for images, labels in batches:
-            x = augment.train_batch(images, aug_gen)
+        for index, images, labels in batches:
+            step_loss: Callable[[Tensor, Tensor], Tensor] = criterion
+            if teaching is not None:
+                x, step_loss = teaching.batch(augment, index, images, aug_gen, criterion)
+            else:
+                x = augment.train_batch(images, aug_gen)
             targets: Tensor = labels
             if mixup is not None:
                 x, targets = mixup(x, labels)
-            x = model_input(x, device)
-            loss = train_step(forward, criterion, optimizer, x, targets, cfg.amp)
+            loss = train_step(forward, step_loss, optimizer, x, targets, precision)
             schedule.after_batch()
             total_loss += loss * labels.shape[0]
             seen += labels.shape[0]
@@ -380,7 +389,7 @@ def fit(
             if due and done < steps:
                 save(epoch - 1, done, epoch_shuffle, total_loss, seen)
         run.epoch_done()
-        logits, labels = predict(model, val, augment, cfg.batch_size * 2, cfg.amp)
+        logits, labels = predict(model, val, augment, cfg.batch_size * 2, precision)
         values = val_metrics(logits, labels, num_classes)
         metrics = EpochMetrics(
             epoch=epoch,

@@ -17,6 +17,7 @@ from carbrand_search.data.augment import Augment
 from carbrand_search.data.cache import CachedSplit, load_or_build
 from carbrand_search.data.imagefolder import ImageTree, scan
 from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.distill import Teaching
 from carbrand_search.training.fit import (
     Checkpointer,
     FitResult,
@@ -24,6 +25,7 @@ from carbrand_search.training.fit import (
     fit,
     seed_everything,
 )
+from carbrand_search.training.precision import Precision
 from carbrand_search.training.state import FitState
 
 CacheProgress = Callable[[str, int, int], None]
@@ -93,6 +95,11 @@ def augment_for(config: RunConfig) -> Augment:
     return Augment(config.data, *entry.normalization())
 
 
+def precision_for(config: RunConfig, device: torch.device) -> Precision:
+    """bf16 and channels_last as the run's training uses them on `device`."""
+    return Precision.for_device(device, config.train.amp, config.train.channels_last)
+
+
 def new_model(config: RunConfig, num_classes: int) -> nn.Module:
     """Seed everything with the run's seed, then build its model: the same weights every time."""
     seed_everything(config.train.seed)
@@ -107,11 +114,12 @@ def fit_config(
     *,
     resume: FitState | None = None,
     checkpointer: Checkpointer | None = None,
+    teaching: Teaching | None = None,
 ) -> FitResult:
     """Fit `model` (from `new_model`) on `data` with `config`; it ends at its best epoch."""
     return fit(
         model, data.train, data.val, augment_for(config), config.train, len(data.tree.classes),
-        listener, resume=resume, checkpointer=checkpointer,
+        listener, resume=resume, checkpointer=checkpointer, teaching=teaching,
     )  # fmt: skip
 
 

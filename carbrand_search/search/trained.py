@@ -1,0 +1,84 @@
+"""A stored trial's model rebuilt from its parameters and checkpoint artifact, for reports,
+predictions and teachers."""
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from carbrand_search.core.config import RunConfig
+from carbrand_search.core.errors import UserError, first_line
+from carbrand_search.search import record, space
+from carbrand_search.search.storage import ArtifactStore
+from carbrand_search.search.study import best_trials, stored_spec, trials
+from carbrand_search.training.run import build_model
+
+
+@dataclass(frozen=True)
+class TrialModel:
+    """A finished trial rebuilt: its config, classes and model at the best epoch."""
+
+    trial: FrozenTrial
+    config: RunConfig
+    classes: tuple[str, ...]
+    model: nn.Module
+    weights_sha256: str  # of the checkpoint file: names these exact weights
+
+    def check_classes(self, found: tuple[str, ...], where: str) -> None:
+        """A UserError naming `where` unless `found` are this model's classes, in its order."""
+        if found == self.classes:
+            return
+        extra = sorted(set(found) - set(self.classes))
+        missing = sorted(set(self.classes) - set(found))
+        order = " (same names, another order)" if not extra and not missing else ""
+        raise UserError(
+            f"{where}: classes differ from those trial {self.trial.number} was trained on"
+            f"{order} (not trained on: {extra or 'none'}; absent here: {missing or 'none'})"
+        )
+
+
+def load_trial_model(
+    study: optuna.Study, trial: FrozenTrial, artifacts: ArtifactStore
+) -> TrialModel:
+    """The model of `trial` from its stored params and checkpoint artifact; clear errors."""
+    spec = stored_spec(study)
+    config = spec.resolve(space.decode(spec, trial.params))
+    stored = record.read(trial)
+    artifact_id, classes = stored.checkpoint, stored.classes
+    if not artifact_id or not classes:
+        raise UserError(f"trial {trial.number} of '{study.study_name}' has no checkpoint artifact")
+    model = build_model(config, len(classes))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        try:
+            download_artifact(
+                artifact_store=artifacts, artifact_id=artifact_id, file_path=str(path)
+            )
+            model.load_state_dict(load_file(str(path)))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        # ValueError: an id that leaves the store (`../x`), refused by Optuna.
+        except (
+            OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
+            TypeError,
+        ) as e:  # fmt: skip
+            kept = spec.keep_checkpoints
+            ranked = [t.number for t in best_trials(trials(study), spec.direction)]
+            if kept and trial.number in ranked[kept:]:
+                raise UserError(
+                    f"trial {trial.number}: its checkpoint was removed (the study keeps the "
+                    f"weights of its best {kept} trials: [study] keep_checkpoints)"
+                ) from e
+            raise UserError(
+                f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
+                f"({first_line(e, 200)})"
+            ) from e
+    model.eval()
+    return TrialModel(trial, config, classes, model, digest)

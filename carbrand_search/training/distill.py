@@ -1,0 +1,144 @@
+"""Distillation from cached teacher outputs: the loss, the fixed augmented views, and the
+teacher's predictions for every view of every training image.
+
+timm's `LogitDistillationTask` computes the same loss inside its forward pass, which runs the
+teacher on every batch; here the teacher ran once per study, so the loss is taken against
+stored logits (with timm's formula: batch-mean KL of log-probabilities, times T²)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from carbrand_search.core.config import DataConfig
+from carbrand_search.data.augment import Augment
+from carbrand_search.data.loader import DeviceSplit
+from carbrand_search.training.precision import Precision
+
+
+def distillation_loss(
+    logits: Tensor,
+    labels: Tensor,
+    teacher_logits: Tensor,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    alpha: float,
+    temperature: float,
+) -> Tensor:
+    """(1 − α)·criterion(logits, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(logits/T)).
+    α = 0 is exactly the plain loss: the teacher term is not even computed."""
+    task = criterion(logits, labels)
+    if alpha == 0:
+        return task
+    student = nn.functional.log_softmax(logits / temperature, dim=-1)
+    teacher = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kd = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    return (1 - alpha) * task + alpha * temperature**2 * kd
+
+
+@dataclass(frozen=True)
+class Views:
+    """K fixed augmented views of each of N images: crop boxes as fractions of the image side
+    (x0, y0, x1, y1), horizontal flips and colour-jitter factors (brightness, contrast,
+    saturation). Fractions make one box the same part of a photo at any resolution."""
+
+    boxes: Tensor  # (N, K, 4) float32
+    flips: Tensor  # (N, K) bool
+    jitter: Tensor  # (N, K, 3) float32
+
+    def to(self, device: torch.device) -> "Views":
+        return Views(self.boxes.to(device), self.flips.to(device), self.jitter.to(device))
+
+    @property
+    def count(self) -> int:
+        return int(self.boxes.shape[1])
+
+    def pick(self, index: Tensor, view: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The boxes, flips and jitter of view `view[i]` of image `index[i]`."""
+        return self.boxes[index, view], self.flips[index, view], self.jitter[index, view]
+
+
+def draw_views(n: int, k: int, data: DataConfig, seed: int) -> Views:
+    """K views per image as the study's augmentation draws them: RandomResizedCrop boxes (area
+    in [min_scale, 1], aspect in [3/4, 4/3]), flips when `hflip`, jitter of `color_jitter`."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = Augment.draw_boxes(n * k, data.min_scale, g).view(n, k, 4)
+    flips = (torch.rand(n, k, generator=g) < 0.5) & data.hflip
+    j = data.color_jitter
+    jitter = 1 - j + 2 * j * torch.rand(n, k, 3, generator=g)
+    return Views(boxes, flips, jitter)
+
+
+@dataclass(frozen=True)
+class TeacherViews:
+    """The views of the training split and the teacher's logits for each, (N, K, classes)."""
+
+    views: Views
+    logits: Tensor
+
+    def to(self, device: torch.device) -> "TeacherViews":
+        return TeacherViews(self.views.to(device), self.logits.to(device))
+
+
+@torch.no_grad()
+def teacher_logits(
+    model: nn.Module,
+    split: DeviceSplit,
+    views: Views,
+    augment: Augment,
+    precision: Precision,
+    batch_size: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """The teacher's float32 logits for every view of every image of `split`, (N, K, C), each
+    view cropped from the teacher's own cache at the teacher's resolution."""
+    model.eval()
+    precision.prepare(model)
+    device = split.device
+    outputs: list[list[Tensor]] = [[] for _ in range(views.count)]
+    total, done = len(split) * views.count, 0
+    for index, images, _ in split.indexed_batches(batch_size):
+        for k in range(views.count):
+            chosen = torch.full_like(index, k)
+            x = augment.view_batch(images, *views.pick(index.to(device), chosen.to(device)))
+            with precision.autocast(device):
+                outputs[k].append(model(precision.input(x)).float().cpu())
+            done += len(index)
+            if on_progress:
+                on_progress(done, total)
+    return torch.stack([torch.cat(per_view) for per_view in outputs], dim=1)
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """A trial's distillation: the study's teacher views (on the training device) and the
+    trial's weight and temperature."""
+
+    teacher: TeacherViews
+    alpha: float
+    temperature: float
+
+    def batch(
+        self,
+        augment: Augment,
+        index: Tensor,
+        images: Tensor,
+        generator: torch.Generator,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+    ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
+        """One random cached view of each image (rows `index` of the split) and the loss that
+        compares the student with the teacher's outputs for exactly those views."""
+        device = images.device
+        views = self.teacher.views
+        view = torch.randint(0, views.count, index.shape, device=device, generator=generator)
+        rows = index.to(device)
+        x = augment.view_batch(images, *views.pick(rows, view))
+        loss = partial(
+            distillation_loss,
+            teacher_logits=self.teacher.logits[rows, view],
+            criterion=criterion,
+            alpha=self.alpha,
+            temperature=self.temperature,
+        )
+        return x, loss
