@@ -328,10 +328,19 @@ HeartbeatOpt = Annotated[
 ]
 
 
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Store the study under this name (default: the study file's name)."
+    ),
+]
+
+
 @app.command("run")
 @reports_errors
 def run(
     study: StudyArg,
+    name: NameOpt = None,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     n_trials: Annotated[
         int | None, typer.Option(help="Total trial budget (default: the study file's).")
@@ -361,9 +370,9 @@ def run(
     """Create or resume a study; N parallel workers optimise it until its budget is met.
     --set fixes a setting for every trial; it becomes part of the stored study."""
     from carbrand_search.search.prestart import WaitingWorkers
-    from carbrand_search.search.spec import load_spec, with_overrides
+    from carbrand_search.search.spec import load_spec, renamed, with_overrides
 
-    spec = with_overrides(load_spec(study), overrides or [])
+    spec = renamed(with_overrides(load_spec(study), overrides or []), name)
     # The workers import torch and the trainer while this process imports and checks the rest;
     # no more than the cores at first (the rest start once the checks pass).
     waiting = WaitingWorkers.spawn(min(workers, os.cpu_count() or 1))
@@ -419,13 +428,14 @@ def create(
     ] = None,
     storage: StorageOpt = defaults.STORAGE,
     overrides: SetOpt = None,
+    name: NameOpt = None,
 ) -> None:
     """Create a study (or check an existing one) without running trials; workers join later."""
-    from carbrand_search.search.spec import load_spec, with_overrides
+    from carbrand_search.search.spec import load_spec, renamed, with_overrides
     from carbrand_search.search.storage import mask, open_storage
     from carbrand_search.search.study import budget, ensure_study
 
-    spec = with_overrides(load_spec(study), overrides or [])
+    spec = renamed(with_overrides(load_spec(study), overrides or []), name)
     created = ensure_study(spec, open_storage(storage), n_trials)
     console.print(
         f"study '{spec.name}' ready in {mask(storage)}: budget {budget(created)} "

@@ -132,7 +132,7 @@ def test_verified_cache_is_read_without_the_lock(
     def read_only(path: Path):
         raise UserError(f"cache folder {path.parent} is not writable (Read-only file system)")
 
-    monkeypatch.setattr(cache, "_locked", read_only)  # what a read-only folder does to the lock
+    monkeypatch.setattr(cache, "locked", read_only)  # what a read-only folder does to the lock
     again = load_or_build(_train(tiny_tree), 16, "crop", tmp_path / "c", skip_bad=False)
     assert again.reused and again.images.shape == (9, 16, 16, 3)
     with pytest.raises(UserError, match=r"not writable"):  # a missing cache still needs building

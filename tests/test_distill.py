@@ -20,7 +20,12 @@ from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.reports.evaluate import evaluate_split
 from carbrand_search.search import record
 from carbrand_search.search.storage import artifact_store, open_storage
-from carbrand_search.search.teacher import prepare_teacher, teacher_model
+from carbrand_search.search.study import pin_teacher, pinned_teacher
+from carbrand_search.search.teacher import (
+    prepare_teacher,
+    study_teacher,
+    teacher_model,
+)
 from carbrand_search.search.trained import load_trial_model
 from carbrand_search.training.distill import (
     TeacherViews,
@@ -158,6 +163,10 @@ def test_a_distilled_study_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     result = _run(_student(tmp_path), done)
     assert result.exit_code == 0, result.output
     assert "teacher: teacher trial 0" in result.output and "computed now" in result.output
+    assert (
+        pinned_teacher(open_storage(done.url), "student")
+        == record.read(optuna.load_study(study_name="student", storage=done.url).trials[0]).teacher
+    )
     storage = open_storage(done.url)
     teacher_trial = optuna.load_study(study_name="teacher", storage=storage).trials[0]
     weights = Path(done.artifacts) / record.read(teacher_trial).checkpoint  # type: ignore
@@ -258,3 +267,17 @@ def test_tta_averages_each_image_with_its_mirror(done: Done) -> None:
     expected = (torch.from_numpy(plain.probs) + mirrored.softmax(1)) / 2
     assert torch.allclose(torch.from_numpy(tta.probs), expected, atol=1e-6)
     assert not torch.allclose(torch.from_numpy(tta.probs), torch.from_numpy(plain.probs))
+
+
+def test_a_student_study_keeps_the_teacher_trial_its_first_run_pinned(done_copy: Done) -> None:
+    storage, artifacts = open_storage(done_copy.url), artifact_store(str(done_copy.artifacts))
+    teacher = optuna.load_study(study_name="tiny", storage=storage)
+    other = next(t.number for t in teacher.trials if t.number != teacher.best_trial.number)
+    student = optuna.create_study(study_name="student", storage=storage)
+    pin_teacher(student, record.TeacherRef("tiny", other, "whatever was there then"))
+    found = study_teacher(
+        DistillConfig(teacher="tiny", views=1), DataConfig(cache_size=32, image_size=24),
+        storage, artifacts, scan(done_copy.data), done_copy.root / "cache", False, CPU,
+        student="student",
+    )  # fmt: skip
+    assert found is not None and found.ref.trial == other  # not the best, which cfg asks for

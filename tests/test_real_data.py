@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.search.spec import apply_overrides, load_spec
 from carbrand_search.training.fit import predict
-from carbrand_search.training.run import augment_for, build_model, load_training_data
+from carbrand_search.training.run import (
+    augment_for,
+    build_model,
+    load_training_data,
+    precision_for,
+)
 
 runner = CliRunner()
 PHOTOS = SHARED / "datasets" / "stanford-cars-brands-128"
@@ -61,7 +66,9 @@ def test_small_cnn_trains_on_real_photos(real_subset: Path, tmp_path: Path) -> N
     data = load_training_data(real_subset, config.data, tmp_path / "cache", torch.device("cpu"))
     model = build_model(config, len(MAKES))
     model.load_state_dict(load_file(str(out / "model.safetensors")))
-    logits, labels = predict(model, data.val, augment_for(config), 64)
+    logits, labels = predict(
+        model, data.val, augment_for(config), 64, precision_for(config, data.val.device)
+    )
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     assert accuracy == pytest.approx(metrics["best"]["val_accuracy"], abs=1e-6)
 

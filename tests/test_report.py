@@ -239,7 +239,8 @@ def test_compare_has_a_row_per_study(
     rows = json.loads((out / "compare.json").read_text())
     assert len(rows) == 2 and rows[0]["study"] == "tiny" and rows[0]["model"] == "small_cnn"
     assert rows[0]["trials run"] == 2
-    assert "| study | model | val acc | test acc | macro-F1 |" in (out / "compare.md").read_text()
+    head = "| study | model | teacher | val acc | test acc | macro-F1 | top make share |"
+    assert head in (out / "compare.md").read_text()
 
 
 def _free_port() -> int:

@@ -121,10 +121,7 @@ def test_bad_input_changes_nothing_in_storage(demo_root: Path, tmp_path: Path) -
     assert bad_data.exit_code == 2 and "does not exist" in bad_data.output
     assert not db.exists()
     unknown = runner.invoke(app, ["run", "nope", "--storage", url])
-    assert (
-        unknown.exit_code == 2
-        and "available: cars-scratch, cnn-bn-hpo, cnn-demo, cnn-hpo, effnet-b0" in unknown.output
-    )
+    assert unknown.exit_code == 2 and "available: cars-scratch, cars-student" in unknown.output
     scheme = run_cli(study_file, "mongodb://x", demo_root, tmp_path)
     assert scheme.exit_code == 2 and "unsupported URL" in scheme.output
     unreachable = run_cli(

@@ -31,11 +31,12 @@ from carbrand_search.search.study import (
     ensure_study,
     finished,
     open_study,
+    pin_teacher,
     remember_data,
     stored_spec,
     trials,
 )
-from carbrand_search.search.teacher import study_teacher
+from carbrand_search.search.teacher import Teacher, study_teacher
 from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
@@ -180,9 +181,11 @@ def _run_study(
         )
     preflight(spec, options, progress)
     store = open_storage(options.storage, options.heartbeat_s)
-    _check_teacher(spec, options, store, devices[0][0], progress)
+    teacher = _check_teacher(spec, options, store, devices[0][0], progress)
     source = _source_study(launch.warm_from, store)
     study = ensure_study(spec, store, launch.n_trials)
+    if teacher is not None:
+        pin_teacher(study, teacher.ref)
     remember_data(study, options.data, options.cache, options.skip_bad)
     total = budget(study)
     done = finished(trials(study))
@@ -245,14 +248,14 @@ def _check_teacher(
     store: optuna.storages.BaseStorage,
     device: str,
     progress: RunProgress,
-) -> None:
+) -> Teacher | None:
     """A study with a teacher: refuse a teacher that cannot teach before any trial, and
     compute its outputs for the training views here, once, for every worker."""
     cfg = spec.base.distill
     teacher = study_teacher(
         cfg, spec.base.data, store, artifact_store(options.artifacts), scan(options.data),
-        options.cache_root, options.skip_bad, torch.device(device),
-        lambda done, total: progress.decoding("teacher views", done, total),
+        options.cache_root, options.skip_bad, torch.device(device), student=spec.name,
+        on_progress=lambda done, total: progress.decoding("teacher views", done, total),
     )  # fmt: skip
     if teacher is not None:
         how = "from the cache" if teacher.reused else "computed now"
@@ -260,6 +263,7 @@ def _check_teacher(
             f"teacher: {teacher.ref}; {cfg.views} views per training image ({how}); its top "
             f"class is the label on {teacher.agreement:.1%} of them"
         )
+    return teacher
 
 
 def _save_note(study: optuna.Study, spec: StudySpec) -> None:

@@ -1,5 +1,6 @@
 """Study files (TOML) as frozen dataclasses; unknown keys and bad ranges are rejected by name."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -273,6 +274,19 @@ def _checked(config: RunConfig, parsed: dict[str, tuple[Any, str]]) -> RunConfig
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     """Apply `--set key=value` strings together; errors name the override."""
     return _checked(config, parse_overrides(overrides))
+
+
+MAX_NAME = 200
+
+
+def renamed(spec: StudySpec, name: str | None) -> StudySpec:
+    """`--name`: the study stored under `name` rather than its file's name, so one file can
+    run as several studies (another --set, the same space without a teacher)."""
+    if name is None:
+        return spec
+    if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
+        raise UserError(f"--name must be 1 to {MAX_NAME} printable characters, got {name!r}")
+    return dataclasses.replace(spec, name=name)
 
 
 def with_overrides(spec: StudySpec, overrides: Iterable[str]) -> StudySpec:

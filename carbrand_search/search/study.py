@@ -4,7 +4,7 @@ against that budget."""
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 TEXT_ATTR = "study_text"  # the study file's text, as it was when the study was created
 HASH_ATTR = "study_hash"  # its SHA-256
 BUDGET_ATTR = "n_trials"  # finished trials the study runs to, across workers and re-runs
+TEACHER_ATTR = "teacher"  # the TeacherRef every trial of a distilled study learns from
 DATA_ATTR = "data"  # where the last `run` read its images: {given, resolved, cache, skip_bad}
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward the budget
@@ -91,7 +92,7 @@ def ensure_study(
         raise UserError(
             f"study '{spec.name}' in this storage was created from a different study file "
             f"or other --set overrides (hash {stored_hash[:12]} vs {spec.text_hash[:12]} of "
-            f"{spec.path}); restore them or give the study a new name"
+            f"{spec.path}); restore them or store it under a new name (--name)"
         )
     else:
         stored_spec(study)  # the text workers will read must still match that hash
@@ -270,3 +271,21 @@ def overview(storage: optuna.storages.BaseStorage, name: str, last: int | None) 
     if counts[TrialState.COMPLETE]:
         best = storage.get_best_trial(study_id)
     return StudyOverview(counts, best, shown)
+
+
+def pinned_teacher(storage: optuna.storages.BaseStorage, name: str) -> record.TeacherRef | None:
+    """The teacher study `name` was pinned to by its first run, if it exists and has one."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    stored = study.user_attrs.get(TEACHER_ATTR)
+    return record.TeacherRef(**stored) if stored else None
+
+
+def pin_teacher(study: optuna.Study, ref: record.TeacherRef) -> None:
+    """Fix the teacher's trial for the rest of the study: "its best trial" is resolved once,
+    so a teacher study that goes on improving does not change a running student study's
+    teacher."""
+    if TEACHER_ATTR not in study.user_attrs:
+        study.set_user_attr(TEACHER_ATTR, asdict(ref))

@@ -23,7 +23,7 @@ from carbrand_search.data.imagefolder import ImageTree, Split
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.search.record import TeacherRef
 from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import best_trials, stored_spec, trials
+from carbrand_search.search.study import best_trials, pinned_teacher, stored_spec, trials
 from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.training.distill import TeacherViews, Views, draw_views, teacher_logits
 from carbrand_search.training.run import augment_for, precision_for
@@ -52,12 +52,17 @@ def study_teacher(
     cache_root: Path,
     skip_bad: bool,
     device: torch.device,
+    *,
+    student: str,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Teacher | None:
-    """The teacher of a study with `[distill]` settings `cfg`, its views on `device`; None
-    when the study has no teacher."""
+    """The teacher of study `student` with `[distill]` settings `cfg` (its trial as pinned
+    by the study's first run), its views on `device`; None when the study has no teacher."""
     if not cfg.on:
         return None
+    ref = pinned_teacher(storage, student)
+    if ref is not None:
+        cfg = replace(cfg, trial=ref.trial)
     tm = teacher_model(cfg, storage, artifacts, tree.classes)
     teacher = prepare_teacher(
         cfg, data, tm, tree.splits["train"], cache_root, skip_bad, device, on_progress

@@ -92,7 +92,7 @@ def run_worker(plan: WorkerPlan) -> None:
     artifacts = artifact_store(plan.artifacts)
     teacher = study_teacher(
         spec.base.distill, spec.base.data, storage, artifacts, data.tree, plan.cache,
-        plan.skip_bad, data.train.device,
+        plan.skip_bad, data.train.device, student=plan.study,
     )  # fmt: skip
     objective = Objective(spec, data, artifacts, total, worker_label(), teacher)
     keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
