@@ -177,7 +177,8 @@ def hostile_tree(tmp_path: Path) -> tuple[Path, list[str]]:
     (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
     (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
     Image.new("1", (8000, 6000)).save(folder / "huge.png")  # 48 megapixels, a few KB on disk
-    return root, ["jam.jpg", "zero.jpg", "gone.jpg", "loop.jpg", "huge.png"]
+    Image.new("RGB", (8, 8)).save(folder / "poster.jpg", "EPS")  # Pillow renders EPS with gs
+    return root, ["jam.jpg", "zero.jpg", "gone.jpg", "loop.jpg", "huge.png", "poster.jpg"]
 
 
 def test_fifos_devices_bad_links_and_pixel_bombs_are_named_bad_files(
@@ -199,6 +200,9 @@ def test_fifos_devices_bad_links_and_pixel_bombs_are_named_bad_files(
     assert "No such file" in reasons["gone.jpg"]
     assert "Too many levels of symbolic links" in reasons["loop.jpg"]
     assert "8000×6000 is more than 40 megapixels" in reasons["huge.png"]
+    assert "not a JPEG, PNG, WEBP, BMP, GIF, TIFF image" in reasons["poster.jpg"]
+    with Image.open(root / "train" / "Audi" / "poster.jpg") as unrestricted:
+        assert unrestricted.format == "EPS"  # what the file is, and what load_image refuses
 
 
 def test_data_check_skips_and_counts_hostile_files(hostile_tree: tuple[Path, list[str]]) -> None:
@@ -206,7 +210,7 @@ def test_data_check_skips_and_counts_hostile_files(hostile_tree: tuple[Path, lis
     check = [sys.executable, "-m", "carbrand_search", "data", "check", str(root)]
     refused = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
-    assert refused.stderr.count("\n") == 1 and "(and 4 more)" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "(and 5 more)" in refused.stderr
     skipped = subprocess.run([*check, "--skip-bad"], capture_output=True, text=True, timeout=120)
     assert skipped.returncode == 0, skipped.stderr
     for name in names:

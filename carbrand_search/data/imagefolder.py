@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from carbrand_search.core.errors import UserError, first_line
 
@@ -165,17 +165,24 @@ def check_file(path: Path) -> int:
     return st.st_size
 
 
+# The decoders Pillow may use, whatever a file's name says: an EPS or PDF renamed .jpg would
+# otherwise go to Ghostscript, which hangs or fails outside Python.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode `path` fully to RGB, or raise BadImage."""
     check_file(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             if img.width * img.height > MAX_PIXELS:  # read from the header, before decoding
                 raise BadImage(
                     path, f"{img.width}×{img.height} is more than {MAX_PIXELS // 10**6} megapixels"
                 )
             img.load()
             return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise BadImage(path, f"not a {', '.join(IMAGE_FORMATS)} image") from None
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise BadImage(path, first_line(e)) from e
 
