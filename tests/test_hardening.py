@@ -16,6 +16,7 @@ import optuna
 import pytest
 import yaml
 from conftest import REPO, write_study, write_tree
+from optuna.artifacts.exceptions import ArtifactNotFound
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -239,3 +240,22 @@ def test_a_failed_artifact_write_leaves_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         store.write("checkpoint.safetensors", io.BufferedReader(DiskFull()))  # type: ignore[arg-type]
     assert list((tmp_path / "artifacts").iterdir()) == []
+
+
+def test_links_in_the_artifact_store_never_reach_outside_it(tmp_path: Path) -> None:
+    store_dir, elsewhere = tmp_path / "art", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weights").write_bytes(b"not the store's")
+    store = artifact_store(str(store_dir))
+    (store_dir / "escape").symlink_to(elsewhere)
+    (store_dir / "inside").mkdir()
+    (store_dir / "inside" / "ok").write_bytes(b"the store's own")
+    with pytest.raises(ValueError, match="leads out of the store"):
+        store.open_reader("escape/weights")
+    with pytest.raises(ArtifactNotFound):
+        store.remove("escape/weights")
+    with pytest.raises(ValueError, match="leads out of the store"):
+        store.write("escape/new", io.BytesIO(b"x"))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["weights"]  # nothing read, gone, added
+    with store.open_reader("inside/ok") as f:
+        assert f.read() == b"the store's own"

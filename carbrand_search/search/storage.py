@@ -190,9 +190,28 @@ def artifact_store(root: str) -> ArtifactStore:
 
 
 class WholeFileArtifactStore(FileSystemArtifactStore):
-    """Optuna's file store, less the partial files a failed write (a full disk) leaves."""
+    """Optuna's file store, less the partial files a failed write (a full disk) leaves, and
+    confined to its folder: Optuna checks the id's path but follows links, so a link inside the
+    store (`art/escape -> /elsewhere`) would let a read or a removal reach outside it."""
+
+    def _outside(self, artifact_id: str) -> bool:
+        base = Path(self._base_path).resolve()
+        return not (base / artifact_id).resolve().is_relative_to(base)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        if self._outside(artifact_id):
+            raise ValueError(f"artifact {artifact_id} leads out of the store through a link")
+        return super().open_reader(artifact_id)
+
+    def remove(self, artifact_id: str) -> None:
+        if self._outside(artifact_id):
+            # Nothing outside the store is deleted; for the store the artifact is gone.
+            raise ArtifactNotFound(f"artifact {artifact_id} leads out of the store; not removed")
+        super().remove(artifact_id)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        if self._outside(artifact_id):
+            raise ValueError(f"artifact {artifact_id} leads out of the store through a link")
         try:
             super().write(artifact_id, content_body)
         except BaseException:
