@@ -184,11 +184,15 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`carbrand-search ARGS` in a subprocess, stdout and stderr together, SIGINT as in a shell."""
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, own_group: bool = False
+) -> subprocess.Popen:
+    """`carbrand-search ARGS` in a subprocess, stdout and stderr together, SIGINT as in a shell;
+    `own_group`: in a process group of its own, which a test signals as a terminal's Ctrl-C
+    does (every process in it)."""
     return subprocess.Popen(
         cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_default_sigint, env=env,
+        preexec_fn=_default_sigint, env=env, start_new_session=own_group,
     )  # fmt: skip
 
 

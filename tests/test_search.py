@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,7 @@ from conftest import (
     cli,
     finished,
     freeze_a_running_worker,
+    running,
     signal_pending,
     start_cli,
     trials_of,
@@ -33,9 +35,10 @@ from carbrand_search.core.errors import UserError
 from carbrand_search.search import record, space
 from carbrand_search.search.launcher import plan_devices
 from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+from carbrand_search.search.samplers import make_sampler
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
-from carbrand_search.search.study import make_sampler, stored_spec
+from carbrand_search.search.study import stored_spec
 from carbrand_search.training.device import resolve_device
 from carbrand_search.training.run import build_model
 
@@ -194,6 +197,35 @@ def test_signals_stop_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_two_ctrl_c_leave_every_interrupted_trial_queued(demo_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C twice, 0.2 s apart, to the whole process group as a terminal sends it: one line,
+    no traceback, and every interrupted trial recorded as stopped with its retry queued. The
+    second signal used to land while a worker was recording its failed trial, leaving it with
+    no failure kind and no retry (and each worker printed Optuna's KeyboardInterrupt trace)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=4, epochs=500)
+    proc = start_cli(
+        "run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2",
+        "--artifacts", str(tmp_path / "a"), own_group=True,
+    )  # fmt: skip
+    wait_for(lambda: len(running(url)) == 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert output.count("interrupted") == 1
+    found = trials_of(url)
+    failed = [t for t in found if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and TrialState.RUNNING not in states(url)
+    for trial in failed:
+        assert record.read(trial).failure_kind == "killed", trial.number
+        retries = [t for t in found if record.read(t).retry_of == trial.number]
+        assert [t.state for t in retries] == [TrialState.WAITING], trial.number
+
+
+@pytest.mark.slow
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=3, epochs=3)
@@ -266,17 +298,15 @@ def test_workers_spread_evenly_over_any_number_of_gpus(
 
 @pytest.mark.parametrize("name", ["tpe", "random", "gp"])
 def test_parallel_workers_do_not_propose_alike(tmp_path: Path, name: str) -> None:
-    """Four workers, each with the study file's sampler seeded by its own index (as
-    `run_worker` does), ask for two trials each while none has finished: eight distinct
-    parameter sets. With one seed for all, each round would propose one set four times."""
+    """Four workers with the study file's sampler (as `run_worker` makes it) ask for two trials
+    each while none has finished: eight distinct parameter sets. Seeded per worker alike, each
+    round would propose one set four times."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="alike", storage=open_storage(url))
     cfg = SamplerConfig(name=name, seed=3)  # type: ignore[arg-type]
     workers = [
-        optuna.load_study(
-            study_name="alike", storage=open_storage(url), sampler=make_sampler(cfg, i + 1)
-        )
-        for i in range(4)
+        optuna.load_study(study_name="alike", storage=open_storage(url), sampler=make_sampler(cfg))
+        for _ in range(4)
     ]
     for _ in range(2):
         for study in workers:
@@ -287,30 +317,62 @@ def test_parallel_workers_do_not_propose_alike(tmp_path: Path, name: str) -> Non
     assert len(asked) == 8 and len(set(asked)) == 8
 
 
-def test_tpe_treats_trials_running_elsewhere_as_bad() -> None:
-    """Constant liar: a trial that another worker is running changes what TPE proposes, so
-    workers asking while others run do not all pile into the same promising corner. Without it
-    TPE ignores running trials and a sampler of the same seed proposes the same value again."""
+def _tpe_proposal(twelfth: TrialState) -> dict[str, float]:
+    """What TPE proposes for trial 13 after 12 scored trials and a 13th (number 12) in state
+    `twelfth`, with the study seed fixed: trial 13's stream is the same in every call."""
     study = optuna.create_study()
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     for i in range(12):  # past TPE's 10 start-up trials
-        done = optuna.trial.create_trial(
+        scored = optuna.trial.create_trial(
             value=abs(i / 12 - 0.3), params={"x": i / 12}, distributions=dist
         )
-        study.add_trial(done)
+        study.add_trial(scored)
+    sampler = make_sampler(SamplerConfig(name="tpe", seed=3))
+    other = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=sampler)
+    if twelfth == TrialState.RUNNING:
+        other.ask({"x": optuna.distributions.FloatDistribution(0.29, 0.31)})
+    else:
+        other.tell(other.ask(dist), state=twelfth)
+    return other.ask(dist).params
 
-    def propose() -> optuna.trial.Trial:
-        sampler = make_sampler(SamplerConfig(name="tpe", seed=3), 0)
-        return optuna.load_study(
-            study_name=study.study_name, storage=study._storage, sampler=sampler
-        ).ask(dist)
 
-    first = propose()
-    study.tell(first, state=TrialState.FAIL)  # a failed trial is ignored either way
-    alone = propose()  # the same trials seen: the same proposal
-    assert alone.params == first.params
-    beside_a_running_one = propose()  # `alone` is RUNNING now
-    assert beside_a_running_one.params != alone.params
+def test_tpe_treats_trials_running_elsewhere_as_bad() -> None:
+    """Constant liar: a trial that another worker is running changes what TPE proposes, so
+    workers asking while others run do not all pile into the same promising corner. Without it
+    TPE ignores running trials, as it ignores failed ones, and the two proposals would match."""
+    beside_a_failed_one = _tpe_proposal(TrialState.FAIL)
+    assert _tpe_proposal(TrialState.FAIL) == beside_a_failed_one  # trial 13 draws alike
+    assert _tpe_proposal(TrialState.RUNNING) != beside_a_failed_one
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_a_trial_samples_by_its_number_whoever_asks(name: str) -> None:
+    """Trial N's stream depends on the study seed and N only: two samplers made apart (two
+    runs) propose the same for the same trial number, and different sets for different numbers.
+    Seeded once per process, every new `run` began its stream again at its first trial."""
+    cfg = SamplerConfig(name=name, seed=5)  # type: ignore[arg-type]
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def proposals(count: int) -> list[dict[str, float]]:
+        study = optuna.create_study(sampler=make_sampler(cfg))
+        return [study.ask(dist).params for _ in range(count)]
+
+    first, again = proposals(4), proposals(4)
+    assert first == again
+    assert len({p["lr"] for p in first}) == 4
+
+
+def test_extending_a_study_proposes_no_set_it_has(done_copy: Done) -> None:
+    """A second `run` of a finished study with a larger budget samples new parameter sets: with
+    one seed per worker index it began the same stream again and repeated trial 1 exactly."""
+    study_file = str(done_copy.root / "tiny.toml")
+    result = runner.invoke(app, ["run", study_file, "--n-trials", "4", *done_copy.args()])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(done_copy.url))
+    sets = [
+        tuple(sorted(t.params.items())) for t in study.trials if t.state == TrialState.COMPLETE
+    ]
+    assert len(sets) == 4 and len(set(sets)) == 4
 
 
 def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:

@@ -174,9 +174,8 @@ class SamplerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # Each worker seeds its sampler with seed + its index; NumPy takes seeds below 2**32.
-        if not 0 <= self.seed < SEED_LIMIT - 10_000:
-            raise ValueError(f"sampler.seed must be in [0, 2**32 - 10000), got {self.seed}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"sampler.seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ told to exit. This module imports nothing heavy: `run` can spawn before it loads
 
 import contextlib
 import multiprocessing as mp
+import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -57,6 +58,9 @@ class WaitingWorkers:
 
 def _await_plan(conn: Connection) -> None:
     """A waiting worker: import the trainer while `run` checks, then run the plan it sends."""
+    # Ctrl-C in a terminal reaches the whole process group; `run` stops its workers itself, once
+    # (SIGTERM), so that none is interrupted again while it records its interrupted trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from carbrand_search.search.worker import worker_main
 
     try:

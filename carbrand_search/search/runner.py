@@ -6,12 +6,11 @@ happens along the way goes to a `RunProgress`, which the CLI draws with rich.
 """
 
 import os
-import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import optuna
 import torch
@@ -19,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
+from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search.launcher import plan_devices, stop_workers
@@ -114,24 +114,6 @@ class RunOutcome:
         return [code for code in self.worker_exit_codes if code]
 
 
-@dataclass
-class _Stop:
-    """SIGTERM (`kill`, `docker stop`) stops a run like Ctrl-C: workers are never orphaned."""
-
-    previous: Any = field(default=None)
-
-    def __enter__(self) -> "_Stop":
-        self.previous = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
-
-    @staticmethod
-    def _raise(*_: Any) -> None:
-        raise KeyboardInterrupt
-
-
 def preflight(spec: StudySpec, options: RunOptions, progress: RunProgress) -> None:
     """Everything that can be wrong before the storage is touched: the data, the model's
     weights, the image cache (built here, once, for all workers), the artifact store."""
@@ -207,17 +189,18 @@ def _run_study(
             cache=options.cache_root,
             device=device,
             threads=threads,
-            index=i,
             heartbeat_s=options.heartbeat_s,
             skip_bad=options.skip_bad,
         )
-        for i, (device, threads) in enumerate(devices)
+        for device, threads in devices
     ]
     processes = waiting.release(plans)
     interrupted = False
     # A database restart is waited out here as in the workers, which go on training meanwhile.
     outage = Backoff(say=progress.warning)
-    with _Stop():
+    # SIGTERM (`kill`, `docker stop`) stops a run like Ctrl-C: workers are never orphaned. The
+    # workers `run` started ignore Ctrl-C: they stop when told, once, by stop_workers.
+    with stop_once(*stop_signals()):
         try:
             # The note now, not only at the end: the dashboard shows it during the run, and
             # optuna-dashboard (it loads scikit-learn) is imported while the workers start.
@@ -301,6 +284,6 @@ def join_study(name: str, options: RunOptions, threads: int | None = None) -> No
     plan = WorkerPlan(
         study=name, storage=options.storage, artifacts=options.artifacts, data=options.data,
         cache=options.cache_root, device=device, threads=threads or os.cpu_count() or 1,
-        index=os.getpid(), heartbeat_s=options.heartbeat_s, skip_bad=options.skip_bad,
+        heartbeat_s=options.heartbeat_s, skip_bad=options.skip_bad,
     )  # fmt: skip
     run_worker(plan)

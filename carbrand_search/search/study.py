@@ -13,11 +13,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.core import defaults, metric
-from carbrand_search.core.config import SamplerConfig
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.search import record
 from carbrand_search.search.pruners import make_pruner
+from carbrand_search.search.samplers import make_sampler
 from carbrand_search.search.storage import mask, open_storage, trial_counts
 
 if TYPE_CHECKING:
@@ -31,18 +31,6 @@ DATA_ATTR = "data"  # where the last `run` read its images: {given, resolved, ca
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward the budget
 HELD = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # hold a place in it (FAIL does not)
-
-
-def make_sampler(cfg: SamplerConfig, offset: int) -> optuna.samplers.BaseSampler:
-    """The study file's sampler; each worker gets its own seed so they do not sample alike."""
-    seed = cfg.seed + offset
-    if cfg.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if cfg.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    # Constant liar: a worker's proposals treat the trials others are running as already bad,
-    # so parallel workers do not all sample the same promising corner.
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def stored_spec(study: optuna.Study) -> "StudySpec":
@@ -75,7 +63,7 @@ def ensure_study(
         study_name=spec.name,
         storage=storage,
         direction=spec.direction,
-        sampler=make_sampler(spec.sampler, 0),
+        sampler=make_sampler(spec.sampler),
         pruner=make_pruner(spec.pruner, spec.max_epochs),
         load_if_exists=True,
     )

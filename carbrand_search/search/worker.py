@@ -1,20 +1,21 @@
 """One worker process: load the study, run trials until the budget is met, survive outages."""
 
+import logging
 import os
-import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from carbrand_search.core.errors import first_line
+from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.search import record
 from carbrand_search.search.admission import wait_reason
 from carbrand_search.search.checkpoints import CheckpointKeeper
@@ -22,12 +23,12 @@ from carbrand_search.search.failures import BUG, database_unreachable
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
+from carbrand_search.search.samplers import make_sampler
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import (
     budget,
     finished,
     held,
-    make_sampler,
     stored_spec,
     trials,
 )
@@ -49,7 +50,6 @@ class WorkerPlan:
     cache: Path
     device: str
     threads: int
-    index: int  # offsets the sampler's seed: workers must not propose alike
     heartbeat_s: int
     skip_bad: bool = False
 
@@ -71,19 +71,28 @@ def worker_main(plan: WorkerPlan) -> None:
 
 def run_worker(plan: WorkerPlan) -> None:
     """Run trials until the study's budget is finished. SIGTERM and Ctrl-C end the running
-    trial as FAIL and return; WorkerStopped when trials keep failing or the database stays
-    away."""
+    trial as FAIL (recorded and queued for retry; further signals wait until it is) and
+    return; WorkerStopped when trials keep failing or the database stays away."""
+    with stop_once(*stop_signals(), on_stop=_quiet_optuna):
+        try:
+            _work(plan)
+        except KeyboardInterrupt:  # Optuna marked the running trial FAIL, then re-raised
+            return
 
-    def interrupt(*_: Any) -> None:
-        raise KeyboardInterrupt  # Optuna marks the running trial FAIL, then re-raises
 
-    signal.signal(signal.SIGTERM, interrupt)
+def _quiet_optuna() -> None:
+    """Optuna logs an interrupted trial's KeyboardInterrupt with its whole traceback; the
+    trial's record already says it was stopped, and the run says so in one line."""
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+
+
+def _work(plan: WorkerPlan) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` shows progress itself
     torch.set_num_threads(plan.threads)
     storage = open_storage(plan.storage, plan.heartbeat_s)
     study = optuna.load_study(study_name=plan.study, storage=storage)
     spec = stored_spec(study)
-    study.sampler = make_sampler(spec.sampler, plan.index + 1)
+    study.sampler = make_sampler(spec.sampler)
     study.pruner = make_pruner(spec.pruner, spec.max_epochs)
     total = budget(study)
     data = load_training_data(
@@ -133,8 +142,6 @@ def run_worker(plan: WorkerPlan) -> None:
                 # mid-way (its tell may have failed) stays RUNNING until its heartbeat lapses,
                 # then is re-queued and resumes from its last resume point.
                 outage.wait(e)
-    except KeyboardInterrupt:
-        return
     finally:
         if reaps_stale:
             storage.engine.dispose()  # type: ignore[attr-defined]
