@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
 from scipy.io import loadmat, savemat
 from typer.testing import CliRunner
@@ -90,9 +91,34 @@ def test_split_refuses_to_overwrite_and_bad_fractions(tmp_path: Path) -> None:
         split_flat(src, tmp_path / "x", val=0.6, test=0.5, seed=0, force=False)
     with pytest.raises(UserError, match="overlaps the source"):
         split_flat(src, src / "inside", val=0.2, test=0.2, seed=0, force=False)
-    forced = runner.invoke(app, ["data", "split", str(src), str(tmp_path / "out"), "--force"])
-    assert forced.exit_code == 0, forced.output
-    assert "valid dataset" in forced.output and not (tmp_path / "out" / "keep.txt").exists()
+
+
+def test_split_force_replaces_only_an_earlier_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force replaces a folder holding an earlier split, and nothing else: not a file of the
+    user's beside it (named in the error), not the current folder or one above it."""
+    src = flat_tree(tmp_path / "flat", {"Audi": 6, "Ford": 6})
+    out = tmp_path / "out"
+
+    def split(dst: str) -> Result:
+        return runner.invoke(app, ["data", "split", str(src), dst, "--force"])
+
+    assert split(str(out)).exit_code == 0
+    first = sorted(p.name for p in (out / "train" / "Audi").iterdir())
+    again = split(str(out))
+    assert again.exit_code == 0 and "valid dataset" in again.output, again.output
+    assert sorted(p.name for p in (out / "train" / "Audi").iterdir()) == first
+    (out / "keep.txt").write_text("mine")
+    refused = split(str(out))
+    assert refused.exit_code == 2 and "keep.txt" in refused.output
+    assert (out / "keep.txt").read_text() == "mine" and (out / "train").is_dir()
+    (out / "keep.txt").unlink()
+    monkeypatch.chdir(out / "train")
+    for here in (".", "..", str(out)):
+        refused = split(here)
+        assert refused.exit_code == 2 and "current folder" in refused.output, here
+    assert sorted(p.name for p in (out / "train" / "Audi").iterdir()) == first
 
 
 def test_split_skips_unreadable_and_drops_small_classes(tmp_path: Path) -> None:

@@ -130,8 +130,25 @@ def test_report_refuses_to_overwrite_without_force(done: Done, tmp_path: Path) -
     assert refused.exit_code == 2 and "--force" in refused.output
     assert (out / "notes.txt").read_text() == "mine"
     forced = _report(done, out, "--force")
+    assert forced.exit_code == 2 and "notes.txt" in forced.output  # not the report's to delete
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_force_replaces_only_an_earlier_report(
+    done: Done, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`report --out . --force` once deleted the current folder with the storage in it: --force
+    replaces a folder holding an earlier report only, never the current folder or one above."""
+    out = tmp_path / "rep"
+    assert _report(done, out).exit_code == 0
+    forced = _report(done, out, "--force")
     assert forced.exit_code == 0, forced.output
-    assert not (out / "notes.txt").exists() and (out / "report.json").is_file()
+    assert (out / "report.json").is_file()
+    monkeypatch.chdir(out)
+    for here in (".", str(tmp_path)):
+        refused = _report(done, Path(here), "--force")
+        assert refused.exit_code == 2 and "current folder" in refused.output, here
+    assert (out / "report.json").is_file()
 
 
 def test_gradcam_overlays_differ_from_the_input(done: Done) -> None:

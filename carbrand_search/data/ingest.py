@@ -48,7 +48,7 @@ def prepare_destination(src: Path, dst: Path, force: bool) -> None:
     src, dst = src.resolve(), dst.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise UserError(f"destination {dst} overlaps the source {src}; choose a separate folder")
-    refuse_non_empty(dst, "destination", force)
+    refuse_non_empty(dst, "destination", force, writes=SPLITS)
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)

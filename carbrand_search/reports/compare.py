@@ -65,7 +65,7 @@ def compare_studies(
 ) -> list[dict[str, Any]]:
     """`compare_rows`, written to compare.json and compare.md in `out` (new or empty unless
     `force`, checked before any study is evaluated)."""
-    refuse_non_empty(out, "output folder", force)
+    refuse_non_empty(out, "output folder", force, writes=("compare.json", "compare.md"))
     rows = compare_rows(studies, artifacts=artifacts, data=data, cache=cache, tta=tta)
     write_compare(rows, out)
     return rows

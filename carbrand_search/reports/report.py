@@ -48,6 +48,8 @@ from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
+# What a report puts at the top of its folder: the only entries `--force` may replace.
+REPORT_FILES = ("report.json", "report.md", "report.html", "*.png", "trial-*")
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def build_report(
 ) -> Report:
     """Write report.json/.md/.html (+ images) to `out`; nothing is overwritten without `force`.
     `tta`: each test prediction averages the image and its mirror image."""
-    refuse_non_empty(out, "output folder", force)
+    refuse_non_empty(out, "output folder", force, writes=REPORT_FILES)
     ranked = ranked_trials(study)
     found = study.get_trials()
     out.parent.mkdir(parents=True, exist_ok=True)
