@@ -219,9 +219,33 @@ def test_dataset_edge_cases(tmp_path: Path) -> None:
         ),
         ("journal:///no/such/folder/journal.log", "does not exist"),
         ("sqlite:////no/such/folder/x.db", "cannot open"),
+        ("postgresql+psycopg://u:hunter2@127.0.0.1:notaport/db", "not a valid database URL"),
+        ("postgresql+psycopg://u:hunter2@[::1/db", "not a valid database URL"),
+        ("postgresql+psycopg://u:hun@ter2@127.0.0.1/db", "unencoded '@'"),
     ],
 )
 def test_bad_storage_urls_are_one_line_errors_without_passwords(url: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as info:
         open_storage(url)
     assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_study_files_too_big_or_not_utf8_are_one_line_errors(tmp_path: Path) -> None:
+    """A 50 MB study file was stored whole in the study (and served by the dashboard on every
+    request); a file in another encoding was a UnicodeDecodeError traceback."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[study]\ndescription = "café"\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.toml: not UTF-8 text"):
+        load_spec(str(latin1))
+    big = tmp_path / "big.toml"
+    big.write_text("[study]\n" + "# padding\n" * 200_000)
+    with pytest.raises(
+        UserError, match=r"big\.toml: 2,000,008 bytes; a study file may hold at most"
+    ):
+        load_spec(str(big))
+    many = tmp_path / "many.toml"
+    choices = ", ".join(str(16 + i) for i in range(5_000))
+    space = f"[space.train.batch_size]\nchoices = [{choices}]\ndefault = 16\n"
+    many.write_text(f'[model]\nname = "small_cnn"\n{space}')
+    with pytest.raises(UserError, match=r"space\.train\.batch_size\.choices has 5,000; at most"):
+        load_spec(str(many))

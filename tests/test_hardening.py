@@ -76,6 +76,17 @@ def test_database_and_dashboard_are_published_on_loopback_only(tmp_path: Path) -
 
 
 @compose_missing
+def test_compose_passes_the_password_beside_the_url(tmp_path: Path) -> None:
+    """A password with "@" or "/" in it, written into the URL unencoded, broke the URL (and
+    leaked its tail in errors): compose gives it to libpq as PGPASSWORD instead."""
+    result = _compose_config(tmp_path, _example_env(tmp_path, "p@ss/w%rd"))
+    assert result.returncode == 0, result.stderr
+    env = yaml.safe_load(result.stdout)["services"]["worker"]["environment"]
+    assert env["PGPASSWORD"] == "p@ss/w%rd"
+    assert env["CARBRAND_STORAGE"] == "postgresql+psycopg://carbrand@postgres:5432/carbrand"
+
+
+@compose_missing
 def test_compose_refuses_the_example_env_without_a_password(tmp_path: Path) -> None:
     result = _compose_config(tmp_path, _example_env(tmp_path, ""))
     assert result.returncode != 0
@@ -99,6 +110,8 @@ def test_secrets_stay_out_of_git_and_the_image_and_it_runs_as_a_user() -> None:
             "postgresql://u@h/db?password=***&sslmode=require",
         ),
         ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),  # not u:***@ss@h
+        ("postgresql://u@h/db?PWD=secret", "postgresql://u@h/db?PWD=***"),
         ("sqlite:///carbrand-search.db", "sqlite:///carbrand-search.db"),
         ("journal:///tmp/study.log", "journal:///tmp/study.log"),
     ],
@@ -108,10 +121,20 @@ def test_passwords_are_masked(url: str, masked: str) -> None:
     assert "secret" not in mask(url)
 
 
-def test_example_password_is_refused_before_connecting() -> None:
+def test_example_password_is_refused_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match=r"example password 'change-me' is refused") as info:
         open_storage("postgresql+psycopg://carbrand:change-me@127.0.0.1:9/carbrand")
     assert str(info.value).startswith("storage postgresql+psycopg://carbrand:***@127.0.0.1:9/")
+    # Wherever it is given, in any case: the query, PGPASSWORD (the README's own route).
+    for url in (
+        "postgresql+psycopg://carbrand@127.0.0.1:9/carbrand?password=Change-Me",
+        "postgresql+psycopg://carbrand:CHANGE-ME@127.0.0.1:9/carbrand",
+    ):
+        with pytest.raises(UserError, match="example password"):
+            open_storage(url)
+    monkeypatch.setenv("PGPASSWORD", "change-me")
+    with pytest.raises(UserError, match="example password"):
+        open_storage("postgresql+psycopg://carbrand@127.0.0.1:9/carbrand")
 
 
 @pytest.mark.postgres

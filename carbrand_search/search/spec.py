@@ -83,6 +83,9 @@ class StudySpec:
 
 
 MAX_TRIALS = 1_000_000
+# A study file is stored in the study and served by the dashboard on every request: bounded.
+MAX_STUDY_BYTES = 1_000_000
+MAX_CHOICES = 1_000  # per searched parameter
 TOP_LEVEL = {
     "study", "data", "model", "train", "distill", "space", "sampler", "pruner", "tracking",
     "overrides",
@@ -123,11 +126,22 @@ def find_study(name_or_path: str) -> Path:
 def load_spec(name_or_path: str) -> StudySpec:
     """Load and validate a study file; every problem is a UserError naming the file and key."""
     path = find_study(name_or_path)
-    return spec_from_text(path.read_text(encoding="utf-8"), path)
+    size = path.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise UserError(
+            f"{path}: {size:,} bytes; a study file may hold at most {MAX_STUDY_BYTES:,}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return spec_from_text(text, path)
 
 
 def spec_from_text(text: str, path: Path) -> StudySpec:
     """Validate study-file `text` (from a file, or as stored in a study); `path` names it."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_STUDY_BYTES:
+        raise UserError(f"{path}: longer than the {MAX_STUDY_BYTES:,} bytes a study file may hold")
     try:
         return _parse(path, text, tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:
@@ -349,6 +363,8 @@ def _parse_param(key: str, tp: Any, table: Mapping[str, Any]) -> ParamSpec:
         choices = table["choices"]
         if not isinstance(choices, list) or not choices:
             raise ValueError(f"{where}.choices must be a non-empty list")
+        if len(choices) > MAX_CHOICES:
+            raise ValueError(f"{where}.choices has {len(choices):,}; at most {MAX_CHOICES:,}")
         typed = tuple(coerce(c, tp, f"{where}.choices") for c in choices)
         default = coerce(table["default"], tp, f"{where}.default")
         if default not in typed:

@@ -4,7 +4,7 @@ each where Optuna has no public API: the `ArtifactStore` protocol's name (everyo
 it from here) and its RDB trial table, for counting trials without loading them."""
 
 import contextlib
-import re
+import os
 import tempfile
 import warnings
 from collections import Counter
@@ -46,27 +46,53 @@ SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
 
 
 def mask(url: str) -> str:
-    """The URL with its password (in the user part or the query) replaced by ***."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        # Not a URL SQLAlchemy reads: hide anything between "://…:" and "@" all the same.
-        return re.sub(r"(://[^/@]*:)[^@/]*@", r"\1***@", url)
-    secret = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
-    rendered = parsed.update_query_dict(secret).render_as_string(hide_password=True)
-    return rendered.replace("%2A%2A%2A", "***")
-
-
-def _refuse_example_password(url: str) -> None:
-    try:
-        password = sqlalchemy.engine.make_url(url).password
-    except sqlalchemy.exc.ArgumentError:
-        return  # RDBStorage names what is wrong with the URL
-    if password in EXAMPLE_PASSWORDS:
-        raise UserError(
-            f"storage {mask(url)}: the example password {password!r} is refused; "
-            "set a password of your own"
+    """The URL with its password (in the user part or the query) replaced by ***. The user
+    part ends at the last "@" before the host: a password with an unencoded "@" in it is
+    masked whole, not cut at its first "@"."""
+    base, question, query = url.partition("?")
+    scheme, slashes, rest = base.partition("://")
+    if slashes and not rest.startswith("/") and "@" in rest:
+        userinfo, host = rest.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{colon}{'***' if colon else ''}@{host}"
+    if query:
+        query = "&".join(
+            f"{part.split('=', 1)[0]}=***"
+            if part.split("=", 1)[0].lower() in SECRET_QUERY_KEYS
+            else part
+            for part in query.split("&")
         )
+    return f"{scheme}{slashes}{rest}{question}{query}"
+
+
+def _parsed(url: str) -> sqlalchemy.engine.URL:
+    rest = url.partition("?")[0].partition("://")[2]
+    if rest.count("@") > 1:  # SQLAlchemy would take the password's tail for the host
+        raise UserError(
+            f"storage {mask(url)}: the password holds an unencoded '@'; write it as %40, or "
+            "leave it out of the URL and set PGPASSWORD"
+        )
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # a port that is not a number
+        raise UserError(
+            f"storage {mask(url)}: not a valid database URL ({first_line(e)})"
+        ) from None
+
+
+def _refuse_example_password(url: sqlalchemy.engine.URL) -> None:
+    """The example password is refused wherever it is given: the URL, its query, PGPASSWORD
+    (which libpq reads), in any case."""
+    given: list[object] = [url.password, os.environ.get("PGPASSWORD")]
+    for key, value in url.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            given += [value] if isinstance(value, str) else list(value)
+    for password in given:
+        if isinstance(password, str) and password.strip().lower() in EXAMPLE_PASSWORDS:
+            raise UserError(
+                f"storage {mask(url.render_as_string(hide_password=False))}: the example "
+                f"password {password!r} is refused; set a password of your own"
+            )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -107,7 +133,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
-        _refuse_example_password(url)
+        _refuse_example_password(_parsed(url))
         engine_kwargs.update(
             pool_pre_ping=True,
             # A connection idle behind a NAT or firewall for long can be dropped silently;
