@@ -114,6 +114,21 @@ def test_full_disk_is_a_clear_error_before_decoding(
     assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".lock"]  # no temporary left
 
 
+def test_a_disk_full_at_the_labels_is_a_clear_error(
+    tiny_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The images' space is reserved up front; the small files after them can still meet a
+    full disk (another process took the space): one line, no temporary folder left."""
+
+    def no_space(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache.np, "save", no_space)
+    with pytest.raises(UserError, match=r"cannot write .*labels \(No space left on device\)"):
+        load_or_build(_train(tiny_tree), 16, "crop", tmp_path / "c", skip_bad=False)
+    assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".lock"]
+
+
 def test_stale_temporary_folders_are_swept(tiny_tree: Path, tmp_path: Path) -> None:
     first = load_or_build(_train(tiny_tree), 16, "crop", tmp_path / "c", skip_bad=False)
     shutil.rmtree(first.path)  # force a rebuild

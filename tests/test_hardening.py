@@ -4,10 +4,12 @@ masked passwords, the example password refused, a tampered stored study refused.
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import REPO, write_study, write_tree
+from conftest import REPO, Done, write_study, write_tree
 from optuna.artifacts.exceptions import ArtifactNotFound
 from PIL import Image
 from typer.testing import CliRunner
@@ -282,3 +284,59 @@ def test_links_in_the_artifact_store_never_reach_outside_it(tmp_path: Path) -> N
     assert sorted(p.name for p in elsewhere.iterdir()) == ["weights"]  # nothing read, gone, added
     with store.open_reader("inside/ok") as f:
         assert f.read() == b"the store's own"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("epochs", "not a list"),
+        ("prune_reason", {"rule": "one-class"}),  # no epoch
+        ("resume", {"artifact": "a", "epoch": 1, "batch": 0, "extra": 1}),
+        ("teacher", {"study": "t", "trial": "zero", "weights_sha256": "ab"}),
+        ("retry_of", True),
+    ],
+)
+def test_a_trial_attribute_changed_by_hand_is_one_line(
+    done_copy: Done, key: str, value: object
+) -> None:
+    """A record with a shape carbrand-search never writes (wrong type, a missing or extra key)
+    was a KeyError or TypeError traceback in `run` and `status`."""
+    db = sqlite3.connect(done_copy.root / "study.db")
+    trial_id = db.execute("SELECT trial_id FROM trials WHERE number = 1").fetchone()[0]
+    db.execute("DELETE FROM trial_user_attributes WHERE trial_id = ? AND key = ?", (trial_id, key))
+    db.execute(
+        "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
+        (trial_id, key, json.dumps(value)),
+    )
+    db.commit()
+    db.close()
+    study_file = str(done_copy.root / "tiny.toml")
+    commands = (
+        ["status", "tiny", *done_copy.store_args()],
+        ["run", study_file, "--n-trials", "3", *done_copy.args()],
+    )
+    for args in commands:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        line = result.output.strip()
+        assert "\n" not in line and f"trial 1: its stored {key!r}" in line, line
+
+
+def test_a_corrupted_sqlite_file_is_one_line_in_status_and_run(done_copy: Done) -> None:
+    db = done_copy.root / "study.db"
+    for journal in done_copy.root.glob("study.db-*"):  # the WAL may hold the live pages
+        journal.unlink()
+    data = bytearray(db.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)  # garbage after the header
+    db.write_bytes(bytes(data))
+    before = db.read_bytes()
+    study_file = str(done_copy.root / "tiny.toml")
+    for args in (
+        ["status", "tiny", *done_copy.store_args()],
+        ["run", study_file, *done_copy.args()],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        line = result.output.strip()
+        assert "\n" not in line and "cannot open" in line and "malformed" in line, line
+    assert db.read_bytes() == before  # nothing written into it

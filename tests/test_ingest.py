@@ -283,3 +283,42 @@ def test_split_root_found_nested(tmp_path: Path) -> None:
         (tmp_path / "archive" / "Car Brands" / split / "Audi").mkdir(parents=True)
     assert ingest.find_split_root(tmp_path / "archive") == tmp_path / "archive" / "Car Brands"
     assert ingest.find_split_root(tmp_path / "archive" / "Car Brands" / "train") is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("class", 0, "class 0 is not a class id in 1..4"),  # was silently the last class
+        ("class", 5, "class 5 is not a class id in 1..4"),
+        ("bbox_x1", float("nan"), "is not a box of whole pixels"),
+        ("bbox_y1", -3, "is not a box of whole pixels"),
+        ("bbox_x2", 2, "is not a box of whole pixels"),  # x2 < x1
+    ],
+)
+def test_stanford_annotations_out_of_range_are_one_line(
+    tmp_path: Path, field: str, value: float, named: str
+) -> None:
+    src = fake_stanford(tmp_path / "stanford_cars")
+    mat = src / "devkit" / "cars_train_annos.mat"
+    ann = loadmat(mat)["annotations"]
+    ann[0, 0][field] = np.array([[value]])
+    savemat(mat, {"annotations": ann})
+    out = tmp_path / "makes"
+    result = runner.invoke(app, ["data", "import-stanford-cars", str(src), str(out), "--crop"])
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "10000.jpg" in result.output
+    assert "\n" not in result.output.strip() and not any(out.rglob("*.jpg"))
+
+
+def test_stanford_box_beyond_the_image_skips_that_image(tmp_path: Path) -> None:
+    src = fake_stanford(tmp_path / "stanford_cars")
+    mat = src / "devkit" / "cars_train_annos.mat"
+    ann = loadmat(mat)["annotations"]
+    ann[0, 0]["bbox_x2"] = np.array([[10**9]])
+    savemat(mat, {"annotations": ann})
+    out = tmp_path / "makes"
+    result = runner.invoke(app, ["data", "import-stanford-cars", str(src), str(out), "--crop"])
+    assert result.exit_code == 0, result.output
+    assert "lies outside the 60×40 image" in result.output
+    kept = [p for s in ("train", "val") for p in (out / s).rglob("10000.jpg")]
+    assert not kept and len(list((out / "test").rglob("10000.jpg"))) == 1

@@ -11,6 +11,7 @@ from huggingface_hub import constants as hf_constants
 from carbrand_search import models
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.fields import field_types
+from carbrand_search.models.params import HEAD_CLASSES, ResNetParams, SmallCNNParams
 
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0_timm.safetensors"
 
@@ -135,3 +136,29 @@ def test_gradcam_runs_on_every_models_declared_layer(name: str) -> None:
     pictures = overlays(model, name, augment, images, [0, 2])
     assert [p.shape for p in pictures] == [(64, 64, 3)] * 2
     assert all(p.dtype == np.uint8 for p in pictures)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SmallCNNParams(),
+        SmallCNNParams(filters=(64, 128, 256, 512), kernel_sizes=(7, 5, 3), batch_norm=True),
+        ResNetParams(),
+        ResNetParams(layers=(1, 1, 1, 1), stem="deep", attention="se"),
+        ResNetParams(block="bottleneck", layers=(3, 4, 6, 3), channels=(64, 128, 256, 512)),
+    ],
+)
+def test_the_size_estimate_bounds_the_real_count(params: SmallCNNParams | ResNetParams) -> None:
+    """The estimate that refuses a model before it is built is an upper bound, and a close one."""
+    name = "small_cnn" if isinstance(params, SmallCNNParams) else "resnet"
+    model = models.create(name, HEAD_CLASSES, **params.__dict__)
+    real = sum(p.numel() for p in model.parameters())
+    assert real <= params.parameters() <= 1.3 * real
+
+
+def test_a_model_too_heavy_to_build_is_refused_before_it_is_built() -> None:
+    """filters [4096, 4096, 4096] with 31×31 kernels asked for 64 GB at the first conv."""
+    with pytest.raises(ValueError, match=r"about 32,2\d\d M parameters .* at most 100 M"):
+        SmallCNNParams(filters=(4096, 4096, 4096), kernel_sizes=(31,))
+    with pytest.raises(ValueError, match="at most 100 M"):
+        ResNetParams(layers=(8, 8, 8, 8), channels=(2048, 2048, 2048, 2048))

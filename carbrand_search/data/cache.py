@@ -175,17 +175,23 @@ def _build(
         images.flush()
         del images
         os.truncate(tmp / IMAGES, len(labels) * row_bytes)  # the rows bad files did not use
-        np.save(tmp / LABELS, np.asarray(labels, dtype=np.int64))
         skipped = [str(b.path) for b in bad]
-        meta: dict[str, Any] = {
-            "key": key,
-            "count": len(labels),
-            "size": size,
-            "fit": fit,
-            "skipped": skipped,
-            "checksum": _checksum(tmp, skipped),
-        }
-        (tmp / META).write_text(json.dumps(meta, indent=1))
+        try:
+            np.save(tmp / LABELS, np.asarray(labels, dtype=np.int64))
+            meta: dict[str, Any] = {
+                "key": key,
+                "count": len(labels),
+                "size": size,
+                "fit": fit,
+                "skipped": skipped,
+                "checksum": _checksum(tmp, skipped),
+            }
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+        except OSError as e:  # a full disk: the images fit (reserved above), the rest did not
+            raise UserError(
+                f"cache {folder.parent}: cannot write {folder.name}'s labels ({e.strerror or e}); "
+                "free some space or point --cache-dir elsewhere"
+            ) from e
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:

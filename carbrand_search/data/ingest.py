@@ -1,6 +1,7 @@
 """Getting real data in: split a flat brand-folder tree, import Stanford Cars by make, Kaggle."""
 
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -8,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,11 +179,41 @@ def _annotations(
     return [
         Annotation(
             image=folder / _path_part(str(a["fname"]), mat, "file name"),
-            make=_path_part(make_of(class_names[int(a["class"]) - 1]), mat, "make"),
-            box=(int(a["bbox_x1"]), int(a["bbox_y1"]), int(a["bbox_x2"]), int(a["bbox_y2"])),
+            make=_path_part(
+                make_of(class_names[_class_of(a, mat, len(class_names))]), mat, "make"
+            ),
+            box=_box(a, mat),
         )
         for a in ann
     ]
+
+
+def _whole(value: Any) -> int | None:
+    """`value` as an int if it is a finite whole number, else None."""
+    number = float(value)
+    return int(number) if math.isfinite(number) and number.is_integer() else None
+
+
+def _class_of(a: Any, mat: Path, count: int) -> int:
+    """The 0-based class of annotation `a`: its 1-based id must name one of `count` classes
+    (id 0 would silently have become the last class)."""
+    given = _whole(a["class"])
+    if given is None or not 1 <= given <= count:
+        raise UserError(f"{mat}: {a['fname']}: class {a['class']} is not a class id in 1..{count}")
+    return given - 1
+
+
+def _box(a: Any, mat: Path) -> tuple[int, int, int, int]:
+    """The annotated box (x1, y1, x2, y2): whole numbers, x1 < x2, y1 < y2, none negative."""
+    corners = [_whole(a[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
+    x1, y1, x2, y2 = (c if c is not None else -1 for c in corners)
+    if min(x1, y1) < 0 or x1 >= x2 or y1 >= y2:
+        shown = ", ".join(str(a[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+        raise UserError(
+            f"{mat}: {a['fname']}: box ({shown}) is not a box of whole pixels with "
+            "0 <= x1 < x2 and 0 <= y1 < y2"
+        )
+    return x1, y1, x2, y2
 
 
 def _path_part(name: str, source: Path, what: str) -> str:
@@ -255,6 +287,12 @@ def _write_annotated(a: Annotation, split_dir: Path, crop: bool, report: IngestR
             image = load_image(a.image)
         except BadImage as e:
             report.skipped.append(str(e))
+            return
+        _, _, x2, y2 = a.box
+        if x2 > image.width + 1 or y2 > image.height + 1:  # one pixel of slack: 1-based boxes
+            report.skipped.append(
+                f"{a.image}: box {a.box} lies outside the {image.width}×{image.height} image"
+            )
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         image.crop(a.box).save(target, quality=95)  # formats without a quality setting ignore it

@@ -4,6 +4,21 @@ timm, so a study file is validated (by `status`, `create`, the dashboard note) f
 from dataclasses import dataclass
 from typing import Literal
 
+# What a scratch model may weigh: 100 M parameters are 0.4 GB of float32 weights, about 1.6 GB
+# with gradients and AdamW's two moments. `filters = [4096, 4096, 4096]` with 31×31 kernels
+# would have asked for 64 GB before the first batch; the estimate refuses it up front.
+MAX_PARAMETERS = 100_000_000
+HEAD_CLASSES = 1_000  # the estimate's allowance for the classifier: the class count comes later
+
+
+def _refuse_heavy(estimate: int) -> None:
+    if estimate > MAX_PARAMETERS:
+        raise ValueError(
+            f"model would have about {estimate / 1e6:,.0f} M parameters "
+            f"({estimate * 4 / 2**30:,.1f} GiB of float32 weights); at most "
+            f"{MAX_PARAMETERS / 1e6:,.0f} M"
+        )
+
 
 @dataclass(frozen=True)
 class SmallCNNParams:
@@ -33,6 +48,17 @@ class SmallCNNParams:
             raise ValueError(f"model.dense_units must be in [1, 65536], got {self.dense_units}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        _refuse_heavy(self.parameters())
+
+    def parameters(self) -> int:
+        """About how many parameters the network has (an upper bound, without torch)."""
+        kernels = self.kernel_sizes + self.kernel_sizes[-1:] * len(self.filters)
+        widths = (3, *self.filters)
+        convs = sum(
+            widths[i] * widths[i + 1] * kernels[i] ** 2 + 3 * widths[i + 1]
+            for i in range(len(self.filters))
+        )
+        return convs + (self.filters[-1] + 1 + HEAD_CLASSES) * self.dense_units + HEAD_CLASSES
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,27 @@ class ResNetParams:
         for name in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        _refuse_heavy(self.parameters())
+
+    def parameters(self) -> int:
+        """About how many parameters the network has (an upper bound, without torch): timm's
+        basic block is two 3×3 convs, its bottleneck 1×1, 3×3, 1×1 to 4× the width, each stage
+        opening with a 1×1 projection."""
+        stem = 3 * 64 * 49 if self.stem == "conv7" else 27 * self.stem_width * 4
+        expansion = 1 if self.block == "basic" else 4
+        total, width_in = stem, 64 if self.stem == "conv7" else 2 * self.stem_width
+        for blocks, width in zip(self.layers, self.channels, strict=True):
+            out = width * expansion
+            total += width_in * out + self._block(width_in, width)
+            total += (blocks - 1) * self._block(out, width)
+            total += blocks * 2 * out * out // 8  # channel attention, at most (SE at 1/4)
+            width_in = out
+        return total + 4 * total // 100 + (width_in + 1) * HEAD_CLASSES  # + norms, the head
+
+    def _block(self, width_in: int, width: int) -> int:
+        if self.block == "basic":
+            return width_in * width * 9 + width * width * 9
+        return width_in * width + width * width * 9 + width * width * 4
 
 
 @dataclass(frozen=True)

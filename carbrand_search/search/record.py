@@ -5,12 +5,15 @@ the functions below and reads a typed `TrialRecord`, so a renamed key is a type 
 silently empty column.
 """
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
+
+from carbrand_search.core.errors import UserError
 
 EpochRecord = dict[str, float]  # one epoch's metrics, as `EpochMetrics.to_dict()` gives them
 PruneReason = dict[str, Any]  # {"rule": "one-class", "epoch": 4, …}: why a trial was pruned
@@ -85,9 +88,84 @@ class TrialRecord:
         return int(self.worker.rsplit(":", 1)[1]) if self.worker else None
 
 
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _metrics(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items())
+
+
+def _fields(**kinds: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: (
+        isinstance(v, dict) and set(v) == set(kinds) and all(kinds[k](x) for k, x in v.items())
+    )
+
+
+def _prune_reason(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("rule"), str)
+        and _int(v.get("epoch"))
+        and all(isinstance(k, str) and (_number(x) or isinstance(x, str)) for k, x in v.items())
+    )
+
+
+# The shape of each attribute, and what a message says is expected: a record someone changed in
+# the database is a one-line error that names the trial and the attribute, not a traceback.
+_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    _WORKER: (lambda v: isinstance(v, str) and v.rpartition(":")[2].isdigit(), "'host:pid'"),
+    _DEVICE: (lambda v: isinstance(v, str), "a device name"),
+    _PEAK_MEMORY: (lambda v: _int(v) and v >= 0, "bytes, an integer >= 0"),
+    _RESUME: (
+        lambda v: (
+            v is None or _fields(artifact=lambda a: isinstance(a, str), epoch=_int, batch=_int)(v)
+        ),
+        "{artifact, epoch, batch} or null",
+    ),
+    _RESUMED_FROM: (_fields(trial=_int, epoch=_int, batch=_int), "{trial, epoch, batch}"),
+    _EPOCH: (_int, "an integer"),
+    _EPOCHS: (lambda v: isinstance(v, list) and all(map(_metrics, v)), "a list of metric tables"),
+    _CHECKPOINT: (lambda v: isinstance(v, str), "an artifact id"),
+    _CLASSES: (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "names"),
+    _VAL: (_metrics, "a metric table"),
+    _BEST_EPOCH: (_int, "an integer"),
+    _PRUNE_REASON: (_prune_reason, "{rule, epoch, …}"),
+    _FAIL_REASON: (lambda v: isinstance(v, str), "text"),
+    _FAILURE_KIND: (lambda v: isinstance(v, str), "a failure kind"),
+    _RETRY_OF: (_int, "a trial number"),
+    _SURPLUS: (lambda v: isinstance(v, bool), "true or false"),
+    _WARM_START: (lambda v: isinstance(v, str), "text"),
+    _TEACHER: (
+        _fields(
+            study=lambda v: isinstance(v, str),
+            trial=_int,
+            weights_sha256=lambda v: isinstance(v, str),
+        ),
+        "{study, trial, weights_sha256}",
+    ),
+}
+
+
+class CorruptRecord(UserError):
+    """A trial attribute that carbrand-search did not write as it is."""
+
+
 def read(trial: FrozenTrial) -> TrialRecord:
-    """The record of `trial`."""
+    """The record of `trial`; CorruptRecord when an attribute has a shape it never writes."""
     attrs = trial.user_attrs
+    for key, (fits, expected) in _SHAPES.items():
+        if key in attrs and not fits(attrs[key]):
+            shown = repr(attrs[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CorruptRecord(
+                f"trial {trial.number}: its stored {key!r} is {shown}, expected {expected}; "
+                "it was changed outside carbrand-search"
+            )
     # Optuna's heartbeat retry copies the user attributes of the trial it retries and lists the
     # retried trials in order; the last one is this trial's direct predecessor.
     retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
@@ -112,6 +190,12 @@ def read(trial: FrozenTrial) -> TrialRecord:
         warm_start=attrs.get(_WARM_START),
         teacher=TeacherRef(**teacher) if teacher else None,
     )
+
+
+def check_all(trials: Iterable[FrozenTrial]) -> None:
+    """Read every record once: a corrupt one stops a command before it starts any work."""
+    for trial in trials:
+        read(trial)
 
 
 def epochs(trial: FrozenTrial) -> tuple[EpochRecord, ...]:

@@ -21,6 +21,7 @@ from carbrand_search.core.errors import UserError
 from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.data.imagefolder import scan
+from carbrand_search.search import record
 from carbrand_search.search.launcher import plan_devices, stop_workers
 from carbrand_search.search.prestart import WaitingWorkers
 from carbrand_search.search.spec import StudySpec
@@ -170,7 +171,9 @@ def _run_study(
         pin_teacher(study, teacher.ref)
     remember_data(study, options.data, options.cache, options.skip_bad)
     total = budget(study)
-    done = finished(trials(study))
+    found = trials(study)
+    record.check_all(found)  # a record changed by hand is one line now, not a worker's trace
+    done = finished(found)
     if done >= total:
         _save_note(study, spec)
         return RunOutcome(spec.name, total, done, spec.direction, nothing_to_do=True)
