@@ -13,7 +13,7 @@ from rich.table import Table
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.core.process import exit_now
-from carbrand_search.core.terminal import PlainConsole, tagged
+from carbrand_search.core.terminal import PlainConsole, one_line, tagged
 
 if TYPE_CHECKING:
     from carbrand_search.data.ingest import IngestReport
@@ -646,10 +646,9 @@ def predict_cmd(
     tm = load_trial_model(optuna_study, chosen, artifact_store(artifacts))
     predictions, bad = predict_files(tm, images, top_k, cam)
     for p in predictions:
-        ranked = ", ".join(f"{brand} {prob:.3f}" for brand, prob in p.top)
-        console.print(
-            f"{p.path}: {ranked}" + (f"  (CAM {p.cam})" if p.cam else ""), highlight=False
-        )
+        ranked = ", ".join(f"{one_line(brand)} {prob:.3f}" for brand, prob in p.top)
+        shown_cam = f"  (CAM {one_line(str(p.cam))})" if p.cam else ""
+        console.print(f"{one_line(str(p.path))}: {ranked}{shown_cam}", highlight=False)
     for error in bad:
         error_line(str(error))
     if bad:

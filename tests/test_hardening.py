@@ -340,3 +340,45 @@ def test_a_corrupted_sqlite_file_is_one_line_in_status_and_run(done_copy: Done) 
         line = result.output.strip()
         assert "\n" not in line and "cannot open" in line and "malformed" in line, line
     assert db.read_bytes() == before  # nothing written into it
+
+
+def test_a_class_name_with_a_newline_stays_on_its_line(done_copy: Done) -> None:
+    """Class names come from folder names, which may hold a newline: it split report.md's rows
+    and `predict`'s lines in two."""
+    assert md_escape("Alfa\nRomeo") == r"Alfa\\nRomeo"
+    db = sqlite3.connect(done_copy.root / "study.db")
+    rows = db.execute(
+        "SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'classes'"
+    )
+    for trial_id, value in rows.fetchall():
+        names = ["Evil\nBrand: 1.000, Audi", *json.loads(value)[1:]]
+        db.execute(
+            "UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'classes'",
+            (json.dumps(names), trial_id),
+        )
+    db.commit()
+    db.close()
+    image = next((done_copy.data / "test").rglob("*.jpg"))
+    args = ["predict", str(image), "--study", "tiny", "--top-k", "6", *done_copy.store_args()]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and r"Evil\nBrand: 1.000, Audi" in lines[0], result.output
+
+
+def test_an_unreachable_mlflow_uri_is_named_with_its_password_masked(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not after backoff
+    study_file = write_study(tmp_path, n_trials=1)
+    uri = "http://mlflow:hunter2@127.0.0.1:1"
+    study_file.write_text(
+        study_file.read_text() + f'\n[tracking]\nmlflow = true\nmlflow_uri = "{uri}"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = runner.invoke(
+        app, ["run", str(study_file), "--storage", url, "--data", str(demo_root)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "mlflow_uri http://mlflow:***@127.0.0.1:1" in result.output
+    assert "hunter2" not in result.output

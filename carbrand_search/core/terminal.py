@@ -13,6 +13,12 @@ def clean(text: str) -> str:
     return "".join(c for c in text if c in "\n\t" or not unicodedata.category(c).startswith("C"))
 
 
+def one_line(text: str) -> str:
+    """`clean(text)` on one line: a newline in a name (a folder may hold one) is shown as \\n,
+    so it cannot split a table row or a line of output in two."""
+    return clean(text).replace("\r", "").replace("\n", "\\n").replace("\t", " ")
+
+
 class PlainConsole(Console):
     """A rich Console for text from outside: no markup (`Mini [cooper]` stays as it is, a
     `[link=…]` is no link), no highlighting, no control characters. Colour comes only from

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from carbrand_search.core import plots
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.folders import refuse_non_empty
-from carbrand_search.core.terminal import clean
+from carbrand_search.core.terminal import clean, one_line
 from carbrand_search.reports.evaluate import (
     ClassScores,
     ConfusedPair,
@@ -344,8 +344,8 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 def md_escape(text: str) -> str:
     """`text` shown literally in Markdown: brand names like `Mini [cooper](x)` or `<b>` are data,
-    never links or tags; control characters are dropped."""
-    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean(text), quote=False))
+    never links or tags; control characters are dropped, newlines shown as \\n (rows are lines)."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line(text), quote=False))
 
 
 def to_markdown(report: Report) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from carbrand_search.core.config import TrackingConfig
 from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.search.record import EpochRecord, PruneReason
+from carbrand_search.search.storage import mask
 
 # MLflow ended runs as FINISHED, KILLED or FAILED; Optuna's states map onto them.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -49,7 +50,10 @@ def check_tracking(cfg: TrackingConfig, study: str) -> None:
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f"[tracking] mlflow_uri {cfg.mlflow_uri}: {first_line(e)}") from e
+            # The URI (a database or an HTTP server) may hold a password; so may the message.
+            uri = mask(cfg.mlflow_uri)
+            reason = first_line(e).replace(cfg.mlflow_uri, uri)
+            raise UserError(f"[tracking] mlflow_uri {uri}: {reason}") from e
     if cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
