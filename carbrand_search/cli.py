@@ -609,17 +609,14 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on the same storage and artifact store."""
-    import optuna_dashboard
-
+    from carbrand_search.reports.dashboard import serve
     from carbrand_search.search.storage import artifact_store, mask, open_storage
 
     store = open_storage(storage)
     console.print(
         f"optuna-dashboard for {mask(storage)} at http://{host}:{port}/dashboard (Ctrl-C stops)"
     )
-    optuna_dashboard.run_server(
-        store, host=host, port=port, artifact_store=artifact_store(artifacts)
-    )
+    serve(store, artifact_store(artifacts), host, port)
 
 
 @app.command("predict")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -268,25 +270,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_dashboard(done: Done, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "carbrand_search", "dashboard", "--port", str(port),
+         "--storage", done.url, "--artifacts", str(done.artifacts)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        assert time.monotonic() < deadline and server.poll() is None, "dashboard did not start"
+        time.sleep(0.3)
+
+
+def test_the_loopback_dashboard_answers_to_loopback_names_only(done: Done) -> None:
+    """DNS rebinding: a page on evil.example that points its name at 127.0.0.1 reaches the
+    dashboard (no login) with Host: evil.example. It gets a 403; this machine's names work."""
+    port = _free_port()
+    server = _start_dashboard(done, port)
+    try:
+
+        def status(host: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/studies", headers={"Host": host}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status(f"127.0.0.1:{port}") == 200
+        assert status(f"localhost:{port}") == 200
+        assert status(f"evil.example:{port}") == 403
+        assert status("evil.example") == 403
+        assert status("127.0.0.1.evil.example") == 403
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
 def test_dashboard_shows_the_study_in_a_browser(done: Done, tmp_path: Path) -> None:
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "carbrand_search", "dashboard", "--port", str(port),
-         "--storage", done.url, "--artifacts", str(done.artifacts)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server = _start_dashboard(done, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline and server.poll() is None, "dashboard did not start"
-            time.sleep(0.3)
         dom = subprocess.run(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
              "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{port}/dashboard"],
