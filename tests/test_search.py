@@ -226,6 +226,30 @@ def test_two_ctrl_c_leave_every_interrupted_trial_queued(demo_root: Path, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_worker_whose_run_was_killed_stops_after_its_trial(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """SIGKILL on `run` leaves its worker with nothing supervising it: the worker notices (its
+    parent changed), finishes the trial it is on and starts no other."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study_file = write_study(tmp_path, n_trials=4, epochs=6)
+    proc = start_cli(
+        "run", str(study_file), "--storage", url, "--data", str(demo_root),
+        "--artifacts", str(tmp_path / "a"),
+    )  # fmt: skip
+    wait_for(lambda: len(running(url)) == 1)
+    worker = record.read(running(url)[0]).pid
+    assert worker is not None
+    proc.kill()
+    proc.communicate(timeout=30)
+    wait_for(lambda: not alive(worker), timeout_s=180)
+    found = trials_of(url)
+    assert [t.state for t in found if record.read(t).pid == worker] == [TrialState.COMPLETE]
+    assert TrialState.RUNNING not in states(url)
+    assert finished(url) == 1  # and nothing else ran: no one is left to run it
+
+
+@pytest.mark.slow
 def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study_file = write_study(tmp_path, n_trials=3, epochs=3)

@@ -194,6 +194,7 @@ def _run_study(
             threads=threads,
             heartbeat_s=options.heartbeat_s,
             skip_bad=options.skip_bad,
+            launcher=os.getpid(),
         )
         for device, threads in devices
     ]

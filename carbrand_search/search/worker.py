@@ -52,6 +52,9 @@ class WorkerPlan:
     threads: int
     heartbeat_s: int
     skip_bad: bool = False
+    # The pid of the `run` that started this worker: once it is gone (SIGKILLed, its machine's
+    # session closed) nothing supervises the worker, which stops after its current trial.
+    launcher: int | None = None
 
 
 def worker_label(pid: int | None = None) -> str:
@@ -111,6 +114,12 @@ def _work(plan: WorkerPlan) -> None:
     memory = MemoryWait()
     try:
         while True:
+            if plan.launcher is not None and os.getppid() != plan.launcher:
+                print(
+                    f"worker {worker_label()}: its run (pid {plan.launcher}) is gone; stopping",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+                break
             try:
                 everything = trials(study)
                 if finished(everything) >= total:
