@@ -16,3 +16,14 @@ def ask_together(url: str, rounds: int, queued: Queue, barrier: Barrier, out: Qu
         queued.get(timeout=120)
         barrier.wait(timeout=120)
         out.put(study.ask().number)
+
+
+def open_together(url: str, barrier: Barrier, out: Queue) -> None:
+    """Open a storage at the same instant as the others (on a fresh database: create its
+    tables), and say how it went."""
+    barrier.wait(timeout=120)
+    try:
+        open_storage(url)
+        out.put("ok")
+    except Exception as e:  # reported to the test, which shows it
+        out.put(f"{type(e).__name__}: {e}")

@@ -405,6 +405,27 @@ def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no study 'ghost'" in result.output
 
 
+@pytest.mark.postgres
+def test_processes_opening_a_fresh_postgres_database_at_once_all_succeed(
+    pg: tuple[str, str],
+) -> None:
+    """Four processes create Optuna's tables on a fresh database at the same instant: the
+    losers of that race failed with UniqueViolation (3 of 4, every time, before the retry)."""
+    from race import open_together
+
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(4), context.Queue()
+    processes = [
+        context.Process(target=open_together, args=(pg[0], barrier, out)) for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    results = [out.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert results == ["ok"] * 4, results
+
+
 @pytest.mark.slow
 def test_a_queued_trial_goes_to_exactly_one_worker_on_sqlite(tmp_path: Path) -> None:
     """SQLite ignores SELECT … FOR UPDATE: without IMMEDIATE transactions, workers asking at once

@@ -6,6 +6,7 @@ it from here) and its RDB trial table, for counting trials without loading them.
 import contextlib
 import os
 import tempfile
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,9 @@ PG_CONNECT_ARGS = {
 
 EXAMPLE_PASSWORDS = frozenset({"change-me"})  # shipped in an old .env.example
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+# Tries at creating the tables of a fresh database that other processes are creating too: the
+# tables, then the schema-version row, can each be taken by another process first.
+TABLE_RACE_TRIES = 3
 
 
 def mask(url: str) -> str:
@@ -113,6 +117,19 @@ def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _created(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> RDBStorage:
+    """RDBStorage, which creates Optuna's tables on a fresh database. Processes opening one
+    at once (the first `run`s, workers on many machines) race to create them: the losers fail
+    on a name the winner took (UniqueViolation), and find the tables there when they try
+    again."""
+    for attempt in range(1, TABLE_RACE_TRIES):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except sqlalchemy.exc.IntegrityError:
+            time.sleep(0.5 * attempt)
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
 def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
     """One storage object per process, from a URL; problems are a one-line UserError.
 
@@ -151,7 +168,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
             ),
         }
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        storage = _created(url, engine_kwargs, heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         # Driver messages may quote the URL they were given, password and all.
         first = first_line(e).replace(url, mask(url))
