@@ -84,3 +84,27 @@ def test_resume_points_no_retry_took_up_are_swept(tmp_path: Path) -> None:
     assert sweep(trials(study), artifacts) == 1
     assert not (tmp_path / "a" / f"resume-{given_up}").exists()
     assert (tmp_path / "a" / f"resume-{retried}").exists()  # its retry is still to run
+
+
+class _Planted:
+    """A pickle that runs code when it is loaded: what a writable store could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_resume_point_is_data_only(tmp_path: Path) -> None:
+    """Resume points are safetensors with a JSON header, so loading one runs no code on any
+    torch (torch's `weights_only` pickle loader had bypasses: CVE-2025-32434 before 2.6). A
+    pickle in its place, planted in the store, is refused without being unpickled."""
+    import pickle
+
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError, match="not a resume point"):
+        FitState.from_bytes(pickle.dumps({"model": _Planted(marker)}))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="not a resume point"):
+        FitState.from_bytes(b"\x00" * 64)

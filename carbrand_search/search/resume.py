@@ -6,6 +6,7 @@ a trial's retries ran out."""
 
 import contextlib
 import io
+import sys
 import uuid
 
 import optuna
@@ -74,6 +75,9 @@ def inherited(
             state = FitState.from_bytes(reader.read())
     except ArtifactNotFound:
         return None  # removed by hand: the retry starts from the first epoch
+    except ValueError as e:  # corrupt, or not ours (an old torch pickle is never unpickled)
+        print(f"trial {previous}'s resume point is unusable ({e}); starting over", file=sys.stderr)
+        return None
     return previous, point, state
 
 

@@ -1,7 +1,7 @@
 """A training run's whole state between two batches, so an interrupted `fit` can go on exactly
 where it stopped: weights, optimizer, LR schedule, every random generator, history, best epoch."""
 
-import io
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from carbrand_search.core.errors import first_line
 
 StateDict = dict[str, Any]
 
@@ -33,21 +35,85 @@ class FitState:
     best_state: dict[str, Tensor]
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save({name: getattr(self, name) for name in self.__dataclass_fields__}, buffer)
-        return buffer.getvalue()
+        """safetensors: every tensor as data, everything else (counters, the RNG states, the
+        history) as JSON in its header. Reading it back runs no code, whatever torch is
+        installed: no pickle, so no `weights_only` loader to get around."""
+        from safetensors.torch import save
+
+        tensors: dict[str, Tensor] = {}
+        fields = {
+            name: _encode(getattr(self, name), tensors) for name in self.__dataclass_fields__
+        }
+        # safetensors refuses tensors that share memory (a weight kept in two places).
+        seen: set[int] = set()
+        for name, tensor in tensors.items():
+            memory = tensor.untyped_storage().data_ptr()
+            if memory in seen:
+                tensors[name] = tensor.clone()
+            seen.add(memory)
+        return save(tensors, metadata={STATE_KEY: json.dumps(fields)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FitState":
-        # weights_only: a resume file from a shared store is never a pickle that runs code.
-        fields = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        fields["history"] = tuple(fields["history"])
-        return cls(**fields)
+        """The state `to_bytes` wrote; ValueError when the bytes are not one."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            fields = json.loads(header["__metadata__"][STATE_KEY])
+            tensors = load(data)
+        except (KeyError, TypeError, ValueError, SafetensorError) as e:
+            raise ValueError(f"not a resume point ({first_line(e)})") from e
+        state = {name: _decode(value, tensors) for name, value in fields.items()}
+        if set(state) != set(cls.__dataclass_fields__):
+            raise ValueError("not a resume point (its fields differ)")
+        state["history"] = tuple(state["history"])
+        return cls(**state)
+
+
+STATE_KEY = "carbrand_search.fit_state"
+
+
+def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """`value` as JSON, its tensors moved into `tensors` (named by their order); tuples and
+    dicts with keys other than strings (an optimizer's per-parameter state) tagged so they
+    come back as they were."""
+    if isinstance(value, Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"tensor": name}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v, tensors) for v in value]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {"dict": {k: _encode(v, tensors) for k, v in value.items()}}
+        return {"items": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a resume point holds no {type(value).__name__}")
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    ((tag, inner),) = value.items()
+    if tag == "tensor":
+        return tensors[inner]
+    if tag == "tuple":
+        return tuple(_decode(v, tensors) for v in inner)
+    if tag == "dict":
+        return {k: _decode(v, tensors) for k, v in inner.items()}
+    return {_decode(k, tensors): _decode(v, tensors) for k, v in inner}
 
 
 def capture_rng(augment: torch.Generator) -> StateDict:
     """Python, NumPy (timm's Mixup), torch's global generators (dropout) and augmentation's,
-    in types `torch.load(weights_only=True)` accepts."""
+    as numbers, tuples and tensors (what a resume point stores)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)  # legacy=True: the MT19937 tuple, never a dict
     state: StateDict = {
