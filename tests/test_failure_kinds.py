@@ -19,10 +19,12 @@ from conftest import (
     wait_for,
     write_study,
 )
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 
 from carbrand_search.search import record
+from carbrand_search.search.storage import open_storage
 
 # The first time trial 0 has saved the resume point after epoch 2, its worker stops itself, so
 # the test kills it at a known point however fast it trains.
@@ -67,6 +69,21 @@ def _write_or_fail(self, artifact_id, body):
     if artifact_id.startswith("resume-"):
         resume_writes.append(artifact_id)
         if len(resume_writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    return _write(self, artifact_id, body)
+storage.WholeFileArtifactStore.write = _write_or_fail
+"""
+
+# The artifact store fills up after trial 0's best weights were written: its first picture
+# fails (the second write that is not a resume point).
+DISK_FULL_AT_THE_PICTURES = """
+import errno
+from carbrand_search.search import storage
+_write, writes = storage.WholeFileArtifactStore.write, []
+def _write_or_fail(self, artifact_id, body):
+    if not artifact_id.startswith("resume-"):
+        writes.append(artifact_id)
+        if len(writes) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
     return _write(self, artifact_id, body)
 storage.WholeFileArtifactStore.write = _write_or_fail
@@ -188,6 +205,32 @@ def test_an_infrastructure_failure_is_retried_with_the_same_parameters_from_its_
     )  # fmt: skip
     assert f"{kind}: " in shown.stdout
     assert "cpu, retry of #0, resumed after epoch 1" in shown.stdout
+
+
+def test_a_trial_failed_by_a_full_store_leaves_no_files_and_no_listings(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """Its weights were written, then its picture met a full disk: the weights are removed, and
+    nothing is listed on the failed trial (Optuna lists an upload before writing it, so a failed
+    write used to leave a listing of a file that does not exist). Every file left in the store
+    is one a finished trial lists."""
+    done, url, artifacts = run_injected(
+        demo_root, tmp_path, DISK_FULL_AT_THE_PICTURES, n_trials=2, epochs=2
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = trials_of(url)
+    failed = found[0]
+    assert failed.state == TrialState.FAIL and record.read(failed).failure_kind == "storage"
+    storage = open_storage(url)
+    assert get_all_artifact_meta(failed, storage=storage) == []
+    listed = {
+        meta.artifact_id
+        for t in found
+        if t.state in FINISHED
+        for meta in get_all_artifact_meta(t, storage=storage)
+    }
+    assert {p.name for p in artifacts.iterdir() if not p.name.startswith(".")} == listed
+    assert len(listed) == 2 * 3  # weights, curves and confusion matrix of each finished trial
 
 
 def test_a_bug_stops_the_worker_at_once_and_is_not_retried(

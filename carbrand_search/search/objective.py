@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import upload_artifact
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from carbrand_search.core.config import RunConfig
 from carbrand_search.search import record, space
-from carbrand_search.search.failures import StoreUnwritable, describe, kind_of
+from carbrand_search.search.failures import describe, kind_of
 from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.resume import ResumeSaver, inherited
 from carbrand_search.search.retry import queue_retry
@@ -22,6 +21,7 @@ from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import held, trials
 from carbrand_search.search.teacher import Teacher
 from carbrand_search.search.tracking import TrialTracker
+from carbrand_search.search.uploads import TrialUploads
 from carbrand_search.training.device import PeakMemory
 from carbrand_search.training.distill import Teaching
 from carbrand_search.training.fit import EpochMetrics, predict
@@ -103,13 +103,17 @@ class Objective:
         device = self.data.train.device
         record.started(trial, self.worker, str(device))
         saver = ResumeSaver(self.artifacts, trial, self.spec.resume_every_s)
+        uploads = TrialUploads(self.artifacts, trial)
         try:
             with PeakMemory(device, lambda size: record.peak_memory(trial, size)):
-                value = self._run(trial, saver)
+                value = self._run(trial, saver, uploads)
+            uploads.publish()
         except optuna.TrialPruned:
+            uploads.publish()  # the evidence it was pruned on
             saver.discard()
             raise
         except BaseException as e:  # recorded on the trial for `status` and the failure guard
+            uploads.discard()
             kind = kind_of(e)
             record.failed(trial, describe(e), kind)
             if not queue_retry(trial.study, trial.number, trial.params, kind):
@@ -132,17 +136,9 @@ class Objective:
         listener.resumed(state.history)
         return state
 
-    def _upload(self, path: Path, trial: optuna.Trial) -> str:
-        try:
-            return upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
-            )
-        except OSError as e:
-            raise StoreUnwritable(f"cannot write {path.name} to the artifact store: {e}") from e
-
     def _upload_pictures(
         self,
-        trial: optuna.Trial,
+        uploads: TrialUploads,
         model: nn.Module,
         config: RunConfig,
         history: list[record.EpochRecord],
@@ -169,14 +165,14 @@ class Objective:
                 plots.confusion_png(cm, classes, Path(tmp) / "val-confusion.png"),
             ]
             for picture in pictures:
-                self._upload(picture, trial)
+                uploads.upload(picture)
             tracker.pictures(pictures)
 
-    def _run(self, trial: optuna.Trial, saver: ResumeSaver) -> float:
+    def _run(self, trial: optuna.Trial, saver: ResumeSaver, uploads: TrialUploads) -> float:
         config = self.spec.resolve(space.sample(trial, self.spec))
         tracker = TrialTracker(self.spec.tracking, self.spec.name, trial.number, trial.params)
         try:
-            return self._train(trial, config, tracker, saver)
+            return self._train(trial, config, tracker, saver, uploads)
         except optuna.TrialPruned:
             raise  # the listener ended the tracker's run with the reason
         except BaseException as e:
@@ -184,12 +180,17 @@ class Objective:
             raise
 
     def _train(
-        self, trial: optuna.Trial, config: RunConfig, tracker: TrialTracker, saver: ResumeSaver
+        self,
+        trial: optuna.Trial,
+        config: RunConfig,
+        tracker: TrialTracker,
+        saver: ResumeSaver,
+        uploads: TrialUploads,
     ) -> float:
         model = new_model(config, len(self.data.tree.classes))
 
         def evidence(history: list[record.EpochRecord]) -> None:
-            self._upload_pictures(trial, model, config, history, tracker)
+            self._upload_pictures(uploads, model, config, history, tracker)
 
         listener = TrialListener(trial, self.spec, evidence, tracker)
         state = self._take_over(trial, saver, listener)
@@ -206,9 +207,9 @@ class Objective:
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
-            artifact_id = self._upload(weights, trial)
+            artifact_id = uploads.upload(weights)
         history = [m.to_dict() for m in result.history]
-        self._upload_pictures(trial, model, config, history, tracker)
+        self._upload_pictures(uploads, model, config, history, tracker)
         record.completed(
             trial,
             checkpoint=artifact_id,
