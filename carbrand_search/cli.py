@@ -379,6 +379,7 @@ def run(
     try:
         from carbrand_search.progress import RichRunProgress, trials_line
         from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+        from carbrand_search.search.worker import WorkerStopped
 
         options = RunOptions(
             storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
@@ -388,8 +389,6 @@ def run(
             workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
             warm_from=from_study, warm_top=top,
         )  # fmt: skip
-        from carbrand_search.search.worker import WorkerStopped
-
         with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
             outcome = run_study(spec, options, launch, progress, waiting)
     except WorkerStopped as e:  # the database stayed away for longer than `run` waits
@@ -609,6 +608,8 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on the same storage and artifact store."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be in [1, 65535], got {port}")
     from carbrand_search.reports.dashboard import serve
     from carbrand_search.search.storage import artifact_store, mask, open_storage
 

@@ -1,6 +1,7 @@
 """Bad input, tried systematically: never a traceback, always one line naming the key or file."""
 
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -249,3 +250,32 @@ def test_study_files_too_big_or_not_utf8_are_one_line_errors(tmp_path: Path) -> 
     many.write_text(f'[model]\nname = "small_cnn"\n{space}')
     with pytest.raises(UserError, match=r"space\.train\.batch_size\.choices has 5,000; at most"):
         load_spec(str(many))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "cnn-demo", "--workers", "0"],
+            "--workers, --workers-per-gpu and --top must be >= 1",
+        ),
+        (["run", "cnn-demo", "--n-trials", "0"], r"--n-trials must be in \[1, 1000000\], got 0"),
+        (
+            ["create", "cnn-demo", "--n-trials", "-3"],
+            r"--n-trials must be in \[1, 1000000\], got -3",
+        ),
+        (["dashboard", "--port", "70000"], r"--port must be in \[1, 65535\], got 70000"),
+    ],
+)
+def test_options_out_of_range_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    """--workers 0 was an UnboundLocalError traceback, --n-trials 0 ran the study file's
+    budget, and port 70000 was an OverflowError from bind()."""
+    from typer.testing import CliRunner
+
+    from carbrand_search.cli import app
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(app, [*args, "--storage", url])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "study.db").exists() or "create" in args

@@ -91,3 +91,8 @@ def test_startup_bench(tmp_path: Path) -> None:
     assert result["worker_import"]["loaded"] == []  # no timm, torchvision, torch._dynamo, sklearn
     assert result["first_running_s_small_cnn"] > 0
     assert "timm" in result["worker_import_and_build_small_cnn"]["loaded"]  # the optimizer factory
+
+
+def test_hostile_inputs_bench(tmp_path: Path) -> None:
+    result = run_bench("hostile.py", tmp_path / "result.json")
+    assert result["counts"] == {"one-line error": 3}, result["rows"]

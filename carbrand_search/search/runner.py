@@ -28,6 +28,7 @@ from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import artifact_store, mask, open_storage
 from carbrand_search.search.study import (
     budget,
+    check_budget,
     dashboard_note,
     ensure_study,
     finished,
@@ -74,6 +75,7 @@ class LaunchOptions:
     def __post_init__(self) -> None:
         if self.workers < 1 or (self.workers_per_gpu or 1) < 1 or self.warm_top < 1:
             raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
+        check_budget(self.n_trials)
 
 
 class RunProgress(Protocol):

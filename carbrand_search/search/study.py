@@ -59,6 +59,8 @@ def ensure_study(
     `n_trials` (None: keep the stored budget, or the file's for a new study) sets the budget."""
     from carbrand_search.search import space
 
+    check_budget(n_trials)
+
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -85,8 +87,16 @@ def ensure_study(
     else:
         stored_spec(study)  # the text workers will read must still match that hash
     if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
-        study.set_user_attr(BUDGET_ATTR, n_trials or spec.n_trials)
+        study.set_user_attr(BUDGET_ATTR, spec.n_trials if n_trials is None else n_trials)
     return study
+
+
+def check_budget(n_trials: int | None) -> None:
+    """`--n-trials`: None (keep the stored budget) or a budget a study file could give."""
+    from carbrand_search.search.spec import MAX_TRIALS
+
+    if n_trials is not None and not 1 <= n_trials <= MAX_TRIALS:
+        raise UserError(f"--n-trials must be in [1, {MAX_TRIALS}], got {n_trials}")
 
 
 def budget(study: optuna.Study, default: int | None = None) -> int:
