@@ -131,8 +131,6 @@ def _force_here(folder: Path) -> list[str]:
     return ["data", "split", str(folder.parent / "flat"), ".", "--force"]
 
 
-# One case per line, as a table reads.
-# fmt: off
 CASES = [
     # Study files
     Case("study file not UTF-8", study_file('[study]\ndescription = "café"\n'.encode("latin-1"))),
@@ -143,7 +141,7 @@ CASES = [
             TINY
             + "[space.train.lr]\nchoices = ["
             + ", ".join(f"{1e-4 * (i + 1):.6f}" for i in range(5000))
-            + "]\n"
+            + "]\ndefault = 0.0001\n"
         ),
     ),
     Case("lr = nan", study_file(TINY.replace("epochs = 1", "epochs = 1\nlr = nan"))),
@@ -232,7 +230,6 @@ CASES = [
         lambda f: ["dashboard", "--port", "70000", "--storage", f"sqlite:///{f / 's.db'}"],
     ),
 ]
-# fmt: on
 QUICK = ("study file not UTF-8", "port not a number", "EPS named .jpg")
 
 
