@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from carbrand_search.core.fields import DataclassInstance
+from carbrand_search.core.fields import Bound, DataclassInstance, check_bounds
 from carbrand_search.core.metric import Metric
 
 MAX_CACHE_SIZE = 1024  # px; a split of 10,000 images at 1024 px is already 31 GB of cache
@@ -75,25 +75,32 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training (pays off only for long trials)
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": 1 <= self.epochs <= 10_000,
-            "batch_size": 1 <= self.batch_size <= 8192,
-            "lr": 0 < self.lr <= 10,
-            "weight_decay": 0 <= self.weight_decay <= 10,
-            "momentum": 0 <= self.momentum < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "mixup_alpha": 0 <= self.mixup_alpha <= 10,
-            "cutmix_alpha": 0 <= self.cutmix_alpha <= 10,
-            "plateau_patience": 0 <= self.plateau_patience <= 10_000,
-            "plateau_factor": 0 < self.plateau_factor < 1,
-            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
-            "freeze_epochs": 0 <= self.freeze_epochs < self.epochs,
-            "layer_decay": 0 < self.layer_decay <= 1,
-            "seed": 0 <= self.seed < SEED_LIMIT,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"train.{name} is out of range: {getattr(self, name)!r}")
+        check_bounds("train", self, TRAIN_BOUNDS)
+        check_bounds(
+            "train",
+            self,
+            {
+                "warmup_epochs": Bound(0, self.epochs, high_open=True),
+                "freeze_epochs": Bound(0, self.epochs, high_open=True),
+            },
+        )
+
+
+# What each numeric training setting allows (warm-up and frozen epochs: fewer than `epochs`).
+TRAIN_BOUNDS = {
+    "epochs": Bound(1, 10_000),
+    "batch_size": Bound(1, 8192),
+    "lr": Bound(0, 10, low_open=True),
+    "weight_decay": Bound(0, 10),
+    "momentum": Bound(0, 1, high_open=True),
+    "label_smoothing": Bound(0, 1, high_open=True),
+    "mixup_alpha": Bound(0, 10),
+    "cutmix_alpha": Bound(0, 10),
+    "plateau_patience": Bound(0, 10_000),
+    "plateau_factor": Bound(0, 1, low_open=True, high_open=True),
+    "layer_decay": Bound(0, 1, low_open=True),
+    "seed": Bound(0, SEED_LIMIT, high_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,13 @@ class ModelConfig:
 
 
 MAX_VIEWS = 64
+# distill.trial: -1 is the teacher study's best trial.
+DISTILL_BOUNDS = {
+    "trial": Bound(-1),
+    "alpha": Bound(0, 1),
+    "temperature": Bound(0, 100, low_open=True),
+    "views": Bound(1, MAX_VIEWS),
+}
 
 
 @dataclass(frozen=True)
@@ -121,23 +135,7 @@ class DistillConfig:
     views: int = 8
 
     def __post_init__(self) -> None:
-        checks = {
-            "trial": self.trial >= -1,
-            "alpha": 0 <= self.alpha <= 1,
-            "temperature": 0 < self.temperature <= 100,
-            "views": 1 <= self.views <= MAX_VIEWS,
-        }
-        ranges = {
-            "trial": ">= -1 (-1: the best trial)",
-            "alpha": "in [0, 1]",
-            "temperature": "in (0, 100]",
-            "views": f"in [1, {MAX_VIEWS}]",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"distill.{name} must be {ranges[name]}, got {getattr(self, name)!r}"
-                )
+        check_bounds("distill", self, DISTILL_BOUNDS)
 
     @property
     def on(self) -> bool:

@@ -6,6 +6,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args, get_origin
 
 
@@ -16,6 +17,43 @@ class DataclassInstance(Protocol):
 
 
 D = TypeVar("D", bound=DataclassInstance)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting allows, as error messages (and the docs) state them:
+    `Bound(0, 1, high_open=True)` is [0, 1)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        """`in [1, 10000]`, `in (0, 10]`, `>= -1`."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+
+def _number(value: float | None) -> str:
+    if value is not None and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}" if value is not None else "-inf"
+
+
+def check_bounds(section: str, config: Any, bounds: Mapping[str, Bound]) -> None:
+    """ValueError naming the first field of `config` outside its bound, and the bound."""
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        if not bound.holds(value):
+            raise ValueError(f"{section}.{name} must be {bound}, got {value!r}")
 
 
 def describe(tp: Any) -> str:
