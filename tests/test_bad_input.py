@@ -138,7 +138,7 @@ CNN_HPO = (REPO / "studies" / "cnn-hpo.toml").read_text()
         (
             "choices = [16, 32, 64]",
             "choices = [16, 32, 1000000000000]",
-            r"space\.train\.batch_size\.choices = 1000000000000: train\.batch_size is out of",
+            r"space\.train\.batch_size\.choices = 1000000000000: train\.batch_size must be in",
         ),
         (
             "filters = [32, 64, 128]\nkernel",
