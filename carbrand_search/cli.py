@@ -389,7 +389,8 @@ def run(
             workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
             warm_from=from_study, warm_top=top,
         )  # fmt: skip
-        with RichRunProgress(console, err_console, spec.name, spec.direction) as progress:
+        monitor = spec.base.train.monitor
+        with RichRunProgress(console, err_console, spec.name, monitor) as progress:
             outcome = run_study(spec, options, launch, progress, waiting)
     except WorkerStopped as e:  # the database stayed away for longer than `run` waits
         error_line(f"{spec.name}: {e}; `run` again to resume")

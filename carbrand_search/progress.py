@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from carbrand_search.core.metric import Direction, is_better
+from carbrand_search.core import metric
+from carbrand_search.core.metric import Direction, Metric, is_better
 from carbrand_search.core.terminal import tagged
 from carbrand_search.search import record
 from carbrand_search.search.failures import KILLED
@@ -148,18 +149,18 @@ def trials_line(
     )
 
 
-def live_view(
-    name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction
-) -> Table:
-    """The `run` screen: the study line plus each running trial's worker and epoch."""
-    table = Table(title=trials_line(name, trials, budget, direction), title_justify="left")
-    for column in ("worker", "trial", "epoch", "last val", "params"):
+def live_view(name: str, trials: Sequence[FrozenTrial], budget: int, monitor: Metric) -> Table:
+    """The `run` screen: the study line plus each running trial's worker, epoch and the last
+    value of the metric the study optimises."""
+    title = trials_line(name, trials, budget, metric.direction(monitor))
+    table = Table(title=title, title_justify="left")
+    for column in ("worker", "trial", "epoch", f"last {monitor}", "params"):
         table.add_column(column)
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
         stored = record.read(t)
-        last = f"{stored.epochs[-1]['val_macro_f1']:.3f} F1" if stored.epochs else ""
+        last = f"{stored.epochs[-1][monitor]:.3f}" if stored.epochs else ""
         params = format_params(dict(list(t.params.items())[:4]))
         table.add_row(stored.worker or "", str(t.number), str(stored.epoch or ""), last, params)
     return table
@@ -212,11 +213,9 @@ class RichRunProgress:
     """A `RunProgress` for the terminal: notes on stdout, warnings tagged on stderr, a bar per
     cache split, then the live view while workers run."""
 
-    def __init__(
-        self, console: Console, err_console: Console, spec_name: str, direction: Direction
-    ):
+    def __init__(self, console: Console, err_console: Console, spec_name: str, monitor: Metric):
         self.console, self.err_console = console, err_console
-        self.name, self.direction = spec_name, direction
+        self.name, self.monitor = spec_name, monitor
         self.cache: CacheProgress | None = None
         self.live: Live | None = None
         self.budget = 0
@@ -247,7 +246,7 @@ class RichRunProgress:
         self.cache(split, done, total)
 
     def trials(self, trials: Sequence[FrozenTrial], budget: int) -> None:
-        view = live_view(self.name, trials, budget, self.direction)
+        view = live_view(self.name, trials, budget, self.monitor)
         if self.live is None:
             self._stop_cache()
             self.live = Live(view, console=self.console, refresh_per_second=2, transient=True)

@@ -132,7 +132,11 @@ CNN_HPO = (REPO / "studies" / "cnn-hpo.toml").read_text()
         ("lr = 3e-3", "lr = inf", r"train\.lr: expected a finite number, got inf"),
         ("lr = 3e-3", "lr = nan", r"train\.lr: expected a finite number, got nan"),
         ("high = 1e-2", "high = inf", r"space\.train\.lr\.high: expected a finite number"),
-        ("seed = 0\n\n[space", "seed = 4294967296\n\n[space", r"train\.seed must be in \[0, 4294967296\)"),
+        (
+            "seed = 0\n\n[space",
+            "seed = 4294967296\n\n[space",
+            r"train\.seed must be in \[0, 4294967296\)",
+        ),
         ("seed = 0\n", "seed = -3\n", r"train\.seed must be in \[0, 4294967296\)"),
         ("cache_size = 256", "cache_size = 30000", r"data\.cache_size must be in \[8, 1024\]"),
         (

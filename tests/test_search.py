@@ -516,3 +516,20 @@ def test_run_study_is_a_function_tests_can_call(demo_root: Path, tmp_path: Path)
     assert again.nothing_to_do and again.finished == 2
     with pytest.raises(UserError, match="--workers"):
         LaunchOptions(workers=0)
+
+
+def test_the_live_view_shows_the_metric_the_study_monitors() -> None:
+    """It showed val_macro_f1 whatever the study optimised."""
+    from rich.console import Console
+
+    from carbrand_search.progress import live_view
+
+    study = optuna.create_study()
+    trial = study.ask()
+    epoch = {"val_loss": 1.25, "val_macro_f1": 0.5, "val_accuracy": 0.75}
+    trial.set_user_attr("epochs", [epoch])
+    trial.set_user_attr("epoch", 2)
+    console = Console(width=200, record=True)
+    console.print(live_view("s", study.get_trials(), 4, "val_loss"))
+    text = console.export_text()
+    assert "last val_loss" in text and "1.250" in text and "0.500" not in text
