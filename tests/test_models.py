@@ -103,6 +103,21 @@ def test_garbage_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         models.create("efficientnet_b0", 4, weights=str(junk))
 
 
+def test_another_networks_weights_are_refused_not_ignored(tmp_path: Path) -> None:
+    """timm loads a weights file without `strict`: a file with none of the network's weights
+    left it at its random start, with only a warning."""
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(UserError, match=r"other\.safetensors lacks \d+ of the \d+ weights"):
+        models.create("efficientnet_b0", 4, weights=str(other))
+    pickled = tmp_path / "other.pth"
+    pickled.write_bytes(b"not a pickle at all")
+    with pytest.raises(UserError, match=r"other\.pth does not load into efficientnet_b0"):
+        models.create("efficientnet_b0", 4, weights=str(pickled))
+
+
 def test_unreachable_hub_without_file_says_how_to(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

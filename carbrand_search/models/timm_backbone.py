@@ -1,12 +1,14 @@
 """ImageNet backbones from timm, with weights from a local file or timm's own download."""
 
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import timm
+from safetensors import SafetensorError
 from torch import nn
 
 from carbrand_search.core.errors import UserError, first_line
@@ -31,7 +33,10 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
             model: Any = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
-        except Exception as e:  # any failure to read or match the file is the file's fault
+            _check_all_weights_loaded(model, path)
+        # What a file can cause: unreadable (OSError, EOFError), not safetensors or not a
+        # tensors-only pickle (SafetensorError, RuntimeError), weights of the wrong shapes.
+        except (OSError, EOFError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
             raise UserError(
                 f"model.weights: {path} does not load into {name}: {first_line(e, 200)}"
             ) from e
@@ -43,6 +48,20 @@ def build_timm(name: str, num_classes: int, params: TimmParams) -> nn.Module:
     # A fan-in initialised head starts near ln(classes).
     model.reset_classifier(num_classes)
     return model
+
+
+def _check_all_weights_loaded(model: Any, path: Path) -> None:
+    """timm loads a file's weights without `strict`: a file of another network's weights
+    would leave this one at its random start with a warning. Every weight but the new head's
+    must be in the file."""
+    head = model.default_cfg.get("classifier") or ""
+    needed = {k for k in model.state_dict() if not k.startswith(f"{head}.")}
+    missing = sorted(needed - set(timm.models.load_state_dict(str(path))))
+    if missing:
+        raise UserError(
+            f"model.weights: {path} lacks {len(missing)} of the {len(needed)} weights the model "
+            f"needs (first: {missing[0]}); is it this network's?"
+        )
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

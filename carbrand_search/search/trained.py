@@ -17,6 +17,7 @@ from torch import nn
 from carbrand_search.core.config import RunConfig
 from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.search import record, space
+from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import best_trials, stored_spec, trials
 from carbrand_search.training.run import build_model
@@ -45,6 +46,24 @@ class TrialModel:
         )
 
 
+def _unloadable(
+    study: optuna.Study, spec: StudySpec, trial: FrozenTrial, artifact_id: str, e: Exception
+) -> UserError:
+    """Why the checkpoint of `trial` cannot be loaded: removed by `keep_checkpoints`, or gone
+    or corrupt."""
+    kept = spec.keep_checkpoints
+    ranked = [t.number for t in best_trials(trials(study), spec.direction)]
+    if kept and trial.number in ranked[kept:]:
+        return UserError(
+            f"trial {trial.number}: its checkpoint was removed (the study keeps the weights "
+            f"of its best {kept} trials: [study] keep_checkpoints)"
+        )
+    return UserError(
+        f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
+        f"({first_line(e, 200)})"
+    )
+
+
 def load_trial_model(
     study: optuna.Study, trial: FrozenTrial, artifacts: ArtifactStore
 ) -> TrialModel:
@@ -62,23 +81,13 @@ def load_trial_model(
             download_artifact(
                 artifact_store=artifacts, artifact_id=artifact_id, file_path=str(path)
             )
-            model.load_state_dict(load_file(str(path)))
+            weights = load_file(str(path))
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        # ValueError: an id that leaves the store (`../x`), refused by Optuna.
-        except (
-            OSError, ArtifactNotFound, SafetensorError, RuntimeError, KeyError, ValueError,
-            TypeError,
-        ) as e:  # fmt: skip
-            kept = spec.keep_checkpoints
-            ranked = [t.number for t in best_trials(trials(study), spec.direction)]
-            if kept and trial.number in ranked[kept:]:
-                raise UserError(
-                    f"trial {trial.number}: its checkpoint was removed (the study keeps the "
-                    f"weights of its best {kept} trials: [study] keep_checkpoints)"
-                ) from e
-            raise UserError(
-                f"trial {trial.number}: checkpoint artifact {artifact_id} is missing or corrupt "
-                f"({first_line(e, 200)})"
-            ) from e
+            # RuntimeError here: weights missing, unexpected or of other shapes.
+            model.load_state_dict(weights)
+        # What a stored file can cause; ValueError: an id that leaves the store (`../x`),
+        # refused by Optuna and by our local store.
+        except (OSError, ArtifactNotFound, SafetensorError, ValueError, RuntimeError) as e:
+            raise _unloadable(study, spec, trial, artifact_id, e) from e
     model.eval()
     return TrialModel(trial, config, classes, model, digest)
