@@ -378,7 +378,8 @@ def run(
     waiting = WaitingWorkers.spawn(min(workers, os.cpu_count() or 1))
     try:
         from carbrand_search.progress import RichRunProgress, trials_line
-        from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+        from carbrand_search.search.options import LaunchOptions, RunOptions
+        from carbrand_search.search.runner import run_study
         from carbrand_search.search.worker import WorkerStopped
 
         options = RunOptions(
@@ -458,7 +459,8 @@ def worker(
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Join an existing study from this machine and run trials until its budget is met."""
-    from carbrand_search.search.runner import RunOptions, join_study
+    from carbrand_search.search.options import RunOptions
+    from carbrand_search.search.runner import join_study
     from carbrand_search.search.worker import WorkerStopped
 
     options = RunOptions(

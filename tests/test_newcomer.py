@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
-from carbrand_search.search.runner import RunOptions, preflight
+from carbrand_search.search.options import RunOptions
+from carbrand_search.search.runner import preflight
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import open_storage
 from carbrand_search.search.study import stored_spec

@@ -34,7 +34,8 @@ from carbrand_search.core.config import SamplerConfig
 from carbrand_search.core.errors import UserError
 from carbrand_search.search import record, space
 from carbrand_search.search.launcher import plan_devices
-from carbrand_search.search.runner import LaunchOptions, RunOptions, run_study
+from carbrand_search.search.options import LaunchOptions, RunOptions
+from carbrand_search.search.runner import run_study
 from carbrand_search.search.samplers import make_sampler
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage

@@ -9,26 +9,23 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Protocol
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.process import stop_once, stop_signals
-from carbrand_search.data.cache import default_cache_root
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
 from carbrand_search.search.launcher import plan_devices, stop_workers
+from carbrand_search.search.options import LaunchOptions, RunOptions
 from carbrand_search.search.prestart import WaitingWorkers
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import artifact_store, mask, open_storage
 from carbrand_search.search.study import (
     budget,
-    check_budget,
     dashboard_note,
     ensure_study,
     finished,
@@ -43,39 +40,6 @@ from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
 from carbrand_search.training.run import build_model, load_split
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Where a study runs and with what: the options `run` and `worker` share."""
-
-    storage: str = defaults.STORAGE
-    artifacts: str = defaults.ARTIFACTS
-    data: Path = defaults.DATA
-    cache: Path | None = None  # None: the default cache root
-    device: str = "auto"
-    heartbeat_s: int = defaults.HEARTBEAT_S
-    skip_bad: bool = False
-
-    @property
-    def cache_root(self) -> Path:
-        return self.cache or default_cache_root()
-
-
-@dataclass(frozen=True)
-class LaunchOptions:
-    """What only `run` decides: how many workers, the budget, a warm start."""
-
-    workers: int = 1
-    workers_per_gpu: int | None = None  # an upper bound; None: spread over the GPUs, no bound
-    n_trials: int | None = None  # None: the stored budget, or the study file's
-    warm_from: str | None = None  # another study in the same storage
-    warm_top: int = 3
-
-    def __post_init__(self) -> None:
-        if self.workers < 1 or (self.workers_per_gpu or 1) < 1 or self.warm_top < 1:
-            raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
-        check_budget(self.n_trials)
 
 
 class RunProgress(Protocol):
@@ -186,18 +150,7 @@ def _run_study(
         f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(options.storage)}"
     )
     plans = [
-        WorkerPlan(
-            study=spec.name,
-            storage=options.storage,
-            artifacts=options.artifacts,
-            data=options.data,
-            cache=options.cache_root,
-            device=device,
-            threads=threads,
-            heartbeat_s=options.heartbeat_s,
-            skip_bad=options.skip_bad,
-            launcher=os.getpid(),
-        )
+        WorkerPlan(spec.name, options, device, threads, launcher=os.getpid())
         for device, threads in devices
     ]
     processes = waiting.release(plans)
@@ -287,9 +240,5 @@ def join_study(name: str, options: RunOptions, threads: int | None = None) -> No
     Raises WorkerStopped when its trials keep failing."""
     open_study(name, options.storage)  # a missing study is a clear error, not a traceback
     device = plan_devices(options.device, 1, 1)[0][0]
-    plan = WorkerPlan(
-        study=name, storage=options.storage, artifacts=options.artifacts, data=options.data,
-        cache=options.cache_root, device=device, threads=threads or os.cpu_count() or 1,
-        heartbeat_s=options.heartbeat_s, skip_bad=options.skip_bad,
-    )  # fmt: skip
+    plan = WorkerPlan(name, options, device, threads or os.cpu_count() or 1)
     run_worker(plan)

@@ -7,7 +7,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import optuna
@@ -21,6 +20,7 @@ from carbrand_search.search.admission import wait_reason
 from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.failures import BUG, database_unreachable
 from carbrand_search.search.objective import Objective
+from carbrand_search.search.options import RunOptions
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
 from carbrand_search.search.samplers import make_sampler
@@ -41,17 +41,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """Everything one worker process needs; plain values so it pickles under spawn."""
+    """Everything one worker process needs: the command's options, plus where this worker
+    trains; plain values, so it pickles under spawn."""
 
     study: str
-    storage: str
-    artifacts: str
-    data: Path
-    cache: Path
-    device: str
+    options: RunOptions
+    device: str  # resolved: cpu, cuda:N
     threads: int
-    heartbeat_s: int
-    skip_bad: bool = False
     # The pid of the `run` that started this worker: once it is gone (SIGKILLed, its machine's
     # session closed) nothing supervises the worker, which stops after its current trial.
     launcher: int | None = None
@@ -92,19 +88,24 @@ def _quiet_optuna() -> None:
 def _work(plan: WorkerPlan) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` shows progress itself
     torch.set_num_threads(plan.threads)
-    storage = open_storage(plan.storage, plan.heartbeat_s)
+    options = plan.options
+    storage = open_storage(options.storage, options.heartbeat_s)
     study = optuna.load_study(study_name=plan.study, storage=storage)
     spec = stored_spec(study)
     study.sampler = make_sampler(spec.sampler)
     study.pruner = make_pruner(spec.pruner, spec.max_epochs)
     total = budget(study)
     data = load_training_data(
-        plan.data, spec.base.data, plan.cache, torch.device(plan.device), skip_bad=plan.skip_bad
+        options.data,
+        spec.base.data,
+        options.cache_root,
+        torch.device(plan.device),
+        skip_bad=options.skip_bad,
     )
-    artifacts = artifact_store(plan.artifacts)
+    artifacts = artifact_store(options.artifacts)
     teacher = study_teacher(
-        spec.base.distill, spec.base.data, storage, artifacts, data.tree, plan.cache,
-        plan.skip_bad, data.train.device, student=plan.study,
+        spec.base.distill, spec.base.data, storage, artifacts, data.tree, options.cache_root,
+        options.skip_bad, data.train.device, student=plan.study,
     )  # fmt: skip
     objective = Objective(spec, data, artifacts, total, worker_label(), teacher)
     keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
