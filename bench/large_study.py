@@ -38,13 +38,8 @@ from carbrand_search.reports.report import _study_views
 from carbrand_search.search import record, space
 from carbrand_search.search.spec import spec_from_text
 from carbrand_search.search.storage import open_storage
-from carbrand_search.search.study import (
-    budget,
-    collapse_tally,
-    ensure_study,
-    overview,
-    trials,
-)
+from carbrand_search.search.study import budget, ensure_study, trials
+from carbrand_search.search.views import collapse_tally, overview
 
 STUDY = """
 [study]

@@ -487,7 +487,8 @@ def status(
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
     from carbrand_search.progress import status_table, study_line
     from carbrand_search.search.storage import mask, open_storage, store_size
-    from carbrand_search.search.study import budget, open_study, overview
+    from carbrand_search.search.study import budget, open_study
+    from carbrand_search.search.views import overview
 
     optuna_study = open_study(study, storage)
     # Read only what is shown: at 5,000 trials, loading every one takes seconds (bench/RESULTS.md).

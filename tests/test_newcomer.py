@@ -173,7 +173,7 @@ def test_trials_are_tracked_in_mlflow_and_tensorboard(demo_root: Path, tmp_path:
 
 
 def test_status_reads_only_the_trials_it_shows(tmp_path: Path) -> None:
-    from carbrand_search.search.study import overview
+    from carbrand_search.search.views import overview
 
     for url in (f"sqlite:///{tmp_path / 'a.db'}", f"journal://{tmp_path / 'j.log'}"):
         study = optuna.create_study(study_name="big", storage=open_storage(url))

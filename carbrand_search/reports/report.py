@@ -35,16 +35,15 @@ from carbrand_search.search.failures import KILLED
 from carbrand_search.search.record import TeacherRef
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import (
-    CollapseTally,
     ImageSource,
     best_trials,
     budget,
-    collapse_tally,
     direction,
     stored_spec,
     trials,
 )
 from carbrand_search.search.trained import TrialModel, load_trial_model
+from carbrand_search.search.views import CollapseTally, collapse_tally
 from carbrand_search.training.run import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid

@@ -12,13 +12,14 @@ from torch import Tensor, nn
 
 from carbrand_search.core.config import RunConfig
 from carbrand_search.search import record, space
+from carbrand_search.search.budget import is_surplus
 from carbrand_search.search.failures import describe, kind_of
 from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.resume import ResumeSaver, inherited
 from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
-from carbrand_search.search.study import held, trials
+from carbrand_search.search.study import trials
 from carbrand_search.search.teacher import Teacher
 from carbrand_search.search.tracking import TrialTracker
 from carbrand_search.search.uploads import TrialUploads
@@ -97,7 +98,7 @@ class Objective:
     teacher: Teacher | None = None  # the study's, its views on the training device
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if held(trials(trial.study), before=trial.number) >= self.budget:
+        if is_surplus(trials(trial.study), trial.number, self.budget):
             record.surplus(trial)
             raise BudgetReached
         device = self.data.train.device

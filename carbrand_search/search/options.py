@@ -7,7 +7,7 @@ from pathlib import Path
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
-from carbrand_search.search.study import check_budget
+from carbrand_search.search.budget import check_budget
 
 
 @dataclass(frozen=True)

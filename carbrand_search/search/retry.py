@@ -4,7 +4,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from carbrand_search.search import record
-from carbrand_search.search.failures import RETRIES
+from carbrand_search.search.failures import KILLED, RETRIES
+from carbrand_search.search.storage import open_storage
 from carbrand_search.search.study import trials
 
 
@@ -28,3 +29,9 @@ def retries_before(found: list[FrozenTrial], number: int) -> int:
     while (previous := record.read(by_number[number]).retry_of) is not None:
         chain, number = chain + 1, previous
     return chain
+
+
+def open_for_work(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
+    """The storage as `run` and its workers open it: heartbeats on, and a trial whose worker
+    died queued again as often as a killed trial is retried."""
+    return open_storage(url, heartbeat_s, stale_retries=RETRIES[KILLED])

@@ -19,16 +19,16 @@ from carbrand_search.core.errors import UserError
 from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
+from carbrand_search.search.budget import finished
 from carbrand_search.search.launcher import plan_devices, stop_workers
 from carbrand_search.search.options import LaunchOptions, RunOptions
 from carbrand_search.search.prestart import WaitingWorkers
+from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.spec import StudySpec
-from carbrand_search.search.storage import artifact_store, mask, open_storage
+from carbrand_search.search.storage import artifact_store, mask
 from carbrand_search.search.study import (
     budget,
-    dashboard_note,
     ensure_study,
-    finished,
     open_study,
     pin_teacher,
     remember_data,
@@ -37,6 +37,7 @@ from carbrand_search.search.study import (
 )
 from carbrand_search.search.teacher import Teacher, study_teacher
 from carbrand_search.search.tracking import check_tracking
+from carbrand_search.search.views import dashboard_note
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
 from carbrand_search.training.run import build_model, load_split
@@ -129,7 +130,7 @@ def _run_study(
             "workers on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)"
         )
     preflight(spec, options, progress)
-    store = open_storage(options.storage, options.heartbeat_s)
+    store = open_for_work(options.storage, options.heartbeat_s)
     teacher = _check_teacher(spec, options, store, devices[0][0], progress)
     source = _source_study(launch.warm_from, store)
     study = ensure_study(spec, store, launch.n_trials)

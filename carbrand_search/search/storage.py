@@ -22,7 +22,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from carbrand_search.core.errors import UserError, first_line
-from carbrand_search.search.failures import KILLED, RETRIES
 
 # Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -130,11 +129,14 @@ def _created(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any])
     return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
 
 
-def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, heartbeat_s: int | None = None, stale_retries: int = 0
+) -> optuna.storages.BaseStorage:
     """One storage object per process, from a URL; problems are a one-line UserError.
 
     With `heartbeat_s`, running trials send a heartbeat that often, and a trial silent for
-    GRACE_FACTOR heartbeats (its worker died) is marked FAIL and re-queued with its parameters.
+    GRACE_FACTOR heartbeats (its worker died) is marked FAIL and re-queued with its parameters,
+    at most `stale_retries` times in a row (retry.open_for_work says how often).
     """
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
@@ -164,7 +166,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
             "heartbeat_interval": heartbeat_s,
             "grace_period": heartbeat_s * GRACE_FACTOR,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=RETRIES[KILLED]
+                max_retry=stale_retries
             ),
         }
     try:

@@ -2,13 +2,11 @@
 with its hash, its trial budget and where its images were read; the rules that count trials
 against that budget."""
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -16,9 +14,10 @@ from carbrand_search.core import defaults, metric
 from carbrand_search.core.errors import UserError
 from carbrand_search.data.cache import default_cache_root
 from carbrand_search.search import record
+from carbrand_search.search.budget import check_budget
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.samplers import make_sampler
-from carbrand_search.search.storage import mask, open_storage, trial_counts
+from carbrand_search.search.storage import mask, open_storage
 
 if TYPE_CHECKING:
     from carbrand_search.search.spec import StudySpec
@@ -28,9 +27,6 @@ HASH_ATTR = "study_hash"  # its SHA-256
 BUDGET_ATTR = "n_trials"  # finished trials the study runs to, across workers and re-runs
 TEACHER_ATTR = "teacher"  # the TeacherRef every trial of a distilled study learns from
 DATA_ATTR = "data"  # where the last `run` read its images: {given, resolved, cache, skip_bad}
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward the budget
-HELD = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # hold a place in it (FAIL does not)
 
 
 def stored_spec(study: optuna.Study) -> "StudySpec":
@@ -91,31 +87,12 @@ def ensure_study(
     return study
 
 
-def check_budget(n_trials: int | None) -> None:
-    """`--n-trials`: None (keep the stored budget) or a budget a study file could give."""
-    from carbrand_search.search.spec import MAX_TRIALS
-
-    if n_trials is not None and not 1 <= n_trials <= MAX_TRIALS:
-        raise UserError(f"--n-trials must be in [1, {MAX_TRIALS}], got {n_trials}")
-
-
 def budget(study: optuna.Study, default: int | None = None) -> int:
     """The study's trial budget; `default` for a study not created by carbrand-search."""
     stored = study.user_attrs.get(BUDGET_ATTR, default)
     if stored is None:
         raise UserError(f"study '{study.study_name}' has no trial budget; create it with run")
     return int(stored)
-
-
-def finished(trials: Iterable[FrozenTrial]) -> int:
-    """Trials that used up budget for good: complete or pruned."""
-    return sum(t.state in FINISHED for t in trials)
-
-
-def held(trials: Iterable[FrozenTrial], before: int | None = None) -> int:
-    """Trials holding a place in the budget (finished, running or queued; a failed trial is
-    retried and does not), counting only trial numbers below `before` when given."""
-    return sum(t.state in HELD and (before is None or t.number < before) for t in trials)
 
 
 def trials(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
@@ -156,11 +133,16 @@ def remember_data(study: optuna.Study, data: Path, cache: Path | None, skip_bad:
     )
 
 
+def stored_data(study: optuna.Study) -> dict[str, Any]:
+    """Where the study's last `run` read its images ({given, resolved, cache, skip_bad}); {}."""
+    return study.user_attrs.get(DATA_ATTR) or {}
+
+
 def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> ImageSource:
     """Where to read `study`'s images again: --data and --cache-dir when given; otherwise where
     its last run read them (the resolved path, else the path as given, for another working
     folder or machine); for a study that never stored it, the defaults."""
-    stored = study.user_attrs.get(DATA_ATTR) or {}
+    stored = stored_data(study)
     if data is None and stored:
         candidates = [Path(stored["resolved"]), Path(stored["given"])]
         found = next((p for p in candidates if p.is_dir()), None)
@@ -178,56 +160,6 @@ def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> 
     )
 
 
-@dataclass(frozen=True)
-class CollapseTally:
-    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
-
-    pruned: int
-    by_rule: dict[str, int]
-    epochs: list[int]
-    loss_ratio_mean: float | None
-
-
-def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
-    """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
-    reasons = [r for t in found if (r := record.read(t).prune_reason) is not None]
-    ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
-    return CollapseTally(
-        pruned=sum(t.state == TrialState.PRUNED for t in found),
-        by_rule=dict(Counter(r["rule"] for r in reasons)),
-        epochs=sorted(r["epoch"] for r in reasons),
-        loss_ratio_mean=round(float(np.mean(ratios)), 4) if ratios else None,
-    )
-
-
-def dashboard_note(study: optuna.Study, spec: "StudySpec") -> str:
-    """The study's note for optuna-dashboard (Markdown): what it is, its data, how far it got,
-    its best trial and how many trials collapsed."""
-    found = trials(study)
-    states = Counter(t.state for t in found)
-    data = study.user_attrs.get(DATA_ATTR) or {}
-    ranked = best_trials(found, spec.direction)
-    best = (
-        f"trial {ranked[0].number}, {spec.base.train.monitor} {ranked[0].value:.4f}"
-        if ranked
-        else "none complete yet"
-    )
-    tally = collapse_tally(found)
-    rules = ", ".join(f"{rule} {n}" for rule, n in tally.by_rule.items()) or "none"
-    lines = [
-        f"# {spec.name}",
-        spec.description,
-        f"- data: {data.get('given', 'not recorded')} ({data.get('resolved', '')})",
-        f"- model: {spec.base.model.name}; {len(spec.space)} searched parameters",
-        f"- trials: {finished(found)}/{budget(study, default=len(found))} finished "
-        f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned), "
-        f"{states[TrialState.FAIL]} failed",
-        f"- best: {best}",
-        f"- collapse tally: {tally.pruned} pruned (rules: {rules}; epochs {tally.epochs or '-'})",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def open_study(name: str, storage: str) -> optuna.Study:
     """A study that must exist in `storage`; a clear error naming the studies there otherwise."""
     store = open_storage(storage)
@@ -238,37 +170,6 @@ def open_study(name: str, storage: str) -> optuna.Study:
         raise UserError(
             f"no study '{name}' in {mask(storage)} (studies: {', '.join(names) or 'none'})"
         ) from None
-
-
-@dataclass(frozen=True)
-class StudyOverview:
-    """What `status` shows: trials per state, the best trial, and some trials in full."""
-
-    counts: Counter[TrialState]
-    best: FrozenTrial | None
-    shown: list[FrozenTrial]  # by number
-
-
-def overview(storage: optuna.storages.BaseStorage, name: str, last: int | None) -> StudyOverview:
-    """The study `name` for `status`: with `last`, only the last `last` trials and every running
-    one are read in full, so a study of thousands of trials reads as fast as a small one."""
-    study_id = storage.get_study_id_from_name(name)
-    if last is None:
-        shown = storage.get_all_trials(study_id, deepcopy=False)
-        counts = Counter(t.state for t in shown)
-    else:
-        counts = trial_counts(storage, study_id)
-        total = sum(counts.values())
-        recent = [
-            storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, n))
-            for n in range(max(0, total - last), total)
-        ]
-        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        shown = sorted({t.number: t for t in [*running, *recent]}.values(), key=lambda t: t.number)
-    best = None
-    if counts[TrialState.COMPLETE]:
-        best = storage.get_best_trial(study_id)
-    return StudyOverview(counts, best, shown)
 
 
 def pinned_teacher(storage: optuna.storages.BaseStorage, name: str) -> record.TeacherRef | None:

@@ -17,21 +17,17 @@ from carbrand_search.core.errors import first_line
 from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.search import record
 from carbrand_search.search.admission import wait_reason
+from carbrand_search.search.budget import finished, places_taken
 from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.failures import BUG, database_unreachable
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.options import RunOptions
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
+from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.samplers import make_sampler
-from carbrand_search.search.storage import artifact_store, open_storage
-from carbrand_search.search.study import (
-    budget,
-    finished,
-    held,
-    stored_spec,
-    trials,
-)
+from carbrand_search.search.storage import artifact_store
+from carbrand_search.search.study import budget, stored_spec, trials
 from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
 from carbrand_search.training.run import load_training_data
@@ -89,7 +85,7 @@ def _work(plan: WorkerPlan) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` shows progress itself
     torch.set_num_threads(plan.threads)
     options = plan.options
-    storage = open_storage(options.storage, options.heartbeat_s)
+    storage = open_for_work(options.storage, options.heartbeat_s)
     study = optuna.load_study(study_name=plan.study, storage=storage)
     spec = stored_spec(study)
     study.sampler = make_sampler(spec.sampler)
@@ -126,8 +122,7 @@ def _work(plan: WorkerPlan) -> None:
                 if finished(everything) >= total:
                     sweep(everything, artifacts)
                     break
-                queued = any(t.state == TrialState.WAITING for t in everything)  # retries
-                if not queued and held(everything) >= total:
+                if places_taken(everything, total):
                     if not reaps_stale:
                         break
                     # The last trials belong to others; wait in case one dies and is re-queued.
