@@ -322,8 +322,9 @@ HeartbeatOpt = Annotated[
     int,
     typer.Option(
         "--heartbeat",
-        help="Seconds between trial heartbeats (RDB storages); a trial silent for 4 of them "
-        "is failed and retried. Keep it well under an epoch's time.",
+        help="Seconds between trial heartbeats (RDB storages); a trial silent for "
+        f"{defaults.GRACE_FACTOR} of them is failed and retried. Keep it well under an epoch's "
+        "time.",
     ),
 ]
 

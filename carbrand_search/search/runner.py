@@ -126,8 +126,8 @@ def _run_study(
     cores = os.cpu_count() or 1
     if devices[0][0] == "cpu" and launch.workers > cores:
         progress.warning(
-            f"{launch.workers} workers on {cores} CPU cores compete for them (measured: 4 "
-            "workers on 2 cores gave 0.91× the trials/hour of 1; bench/RESULTS.md)"
+            f"{launch.workers} workers on {cores} CPU cores compete for them: more workers "
+            "than cores give no more trials per hour (bench/RESULTS.md, trials per hour)"
         )
     preflight(spec, options, progress)
     store = open_for_work(options.storage, options.heartbeat_s)

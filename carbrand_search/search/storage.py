@@ -21,12 +21,12 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
 
 # Heartbeats and their retry callback are marked experimental by Optuna; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-GRACE_FACTOR = 4  # a trial silent for this many heartbeats is failed and retried
 POOL_RECYCLE_S = 1800
 # libpq settings: give up connecting after 10 s; TCP keepalives find a dead peer within about a
 # minute; tcp_user_timeout (ms) bounds how long unacknowledged data may wait, so a half-open
@@ -135,8 +135,8 @@ def open_storage(
     """One storage object per process, from a URL; problems are a one-line UserError.
 
     With `heartbeat_s`, running trials send a heartbeat that often, and a trial silent for
-    GRACE_FACTOR heartbeats (its worker died) is marked FAIL and re-queued with its parameters,
-    at most `stale_retries` times in a row (retry.open_for_work says how often).
+    `defaults.GRACE_FACTOR` heartbeats (its worker died) is marked FAIL and re-queued with its
+    parameters, at most `stale_retries` times in a row (retry.open_for_work says how often).
     """
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
@@ -164,7 +164,7 @@ def open_storage(
     if heartbeat_s is not None:
         heartbeat_kwargs = {
             "heartbeat_interval": heartbeat_s,
-            "grace_period": heartbeat_s * GRACE_FACTOR,
+            "grace_period": heartbeat_s * defaults.GRACE_FACTOR,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
                 max_retry=stale_retries
             ),
