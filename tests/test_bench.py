@@ -46,9 +46,10 @@ def test_throughput_bench(tmp_path: Path) -> None:
     result = run_bench("throughput.py", tmp_path / "result.json")
     row = result["rows"][0]
     assert row["pipeline_img_s"] > 0 and row["in_memory_img_s"] > 0
-    assert row["pipeline_efficiency"] == pytest.approx(
-        row["pipeline_img_s"] / row["in_memory_img_s"], rel=0.01
-    )
+    pipeline, memory = row["pipeline_img_s"], row["in_memory_img_s"]
+    # Both rates are rounded to 0.1 img/s, which on a busy machine (a few img/s) is over 1%.
+    rounding = 0.05 / memory + 0.05 * pipeline / memory**2 + 0.0005
+    assert abs(row["pipeline_efficiency"] - pipeline / memory) <= rounding
     assert [row["processes"] for row in result["packed"]] == [1, 2]
     for row in result["packed"]:
         assert len(row["per_process_img_s"]) == row["processes"]

@@ -242,8 +242,10 @@ def test_a_worker_whose_run_was_killed_stops_after_its_trial(
     worker = record.read(running(url)[0]).pid
     assert worker is not None
     proc.kill()
-    proc.communicate(timeout=30)
-    wait_for(lambda: not alive(worker), timeout_s=180)
+    proc.wait(timeout=30)  # not communicate(): the orphaned worker still holds the pipe
+    wait_for(lambda: not alive(worker), timeout_s=300)
+    assert proc.stdout is not None
+    proc.stdout.close()
     found = trials_of(url)
     assert [t.state for t in found if record.read(t).pid == worker] == [TrialState.COMPLETE]
     assert TrialState.RUNNING not in states(url)
