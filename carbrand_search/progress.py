@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch is slow to import; `status` and the live view never n
     from carbrand_search.training.fit import EpochMetrics
 
 LOSS_REFRESH_S = 0.5
+SUMMARY_EVERY_S = 60  # how often a run logs its study line when output is not a terminal
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def _bar(console: Console) -> Progress:
@@ -166,6 +168,25 @@ def live_view(name: str, trials: Sequence[FrozenTrial], budget: int, monitor: Me
     return table
 
 
+def trial_log_line(trial: FrozenTrial, monitor: Metric) -> str:
+    """A finished trial in one line: number, state, value and why it was pruned or failed."""
+    value = f" {monitor} {trial.value:.4f}" if trial.value is not None else ""
+    reason = reason_text(trial)
+    epochs = len(record.read(trial).epochs)
+    return (
+        f"trial {trial.number} {trial.state.name}{value} after {epochs} epoch(s)"
+        + (f" ({reason})" if reason else "")
+        + f" [{format_params(trial.params)}]"
+    )
+
+
+def running_text(trial: FrozenTrial, monitor: Metric) -> str:
+    """A running trial: its epoch and the last value of the monitor."""
+    stored = record.read(trial)
+    last = f", last {monitor} {stored.epochs[-1][monitor]:.4f}" if stored.epochs else ""
+    return f"trial {trial.number} at epoch {stored.epoch or 0}{last}"
+
+
 def reason_text(trial: FrozenTrial) -> str:
     """Why a trial was pruned (rule, epoch, numbers) or failed (kind: cause)."""
     stored = record.read(trial)
@@ -216,6 +237,8 @@ class RichRunProgress:
     def __init__(self, console: Console, err_console: Console, spec_name: str, monitor: Metric):
         self.console, self.err_console = console, err_console
         self.name, self.monitor = spec_name, monitor
+        self.logged: set[int] | None = None  # trials whose end was logged (not a terminal)
+        self.summarised_at = time.monotonic()
         self.cache: CacheProgress | None = None
         self.live: Live | None = None
         self.budget = 0
@@ -246,10 +269,35 @@ class RichRunProgress:
         self.cache(split, done, total)
 
     def trials(self, trials: Sequence[FrozenTrial], budget: int) -> None:
+        if not self.console.is_terminal:
+            self._log(trials, budget)
+            return
         view = live_view(self.name, trials, budget, self.monitor)
         if self.live is None:
             self._stop_cache()
-            self.live = Live(view, console=self.console, refresh_per_second=2, transient=True)
+            # Not transient: the last table stays on screen after the run.
+            self.live = Live(view, console=self.console, refresh_per_second=2)
             self.live.start()
         else:
             self.live.update(view)
+
+    def _log(self, trials: Sequence[FrozenTrial], budget: int) -> None:
+        """For logs (a file, `docker compose logs`, CI): a line per finished trial, and every
+        SUMMARY_EVERY_S the study line plus each running trial's epoch."""
+        if self.logged is None:  # the first look: what ended before this run is not news
+            self.logged = {t.number for t in trials if t.state in ENDED}
+        for t in trials:
+            if t.state in ENDED and t.number not in self.logged:
+                self.logged.add(t.number)
+                self.console.print(trial_log_line(t, self.monitor))
+        now = time.monotonic()
+        if now - self.summarised_at >= SUMMARY_EVERY_S:
+            self.summarised_at = now
+            direction = metric.direction(self.monitor)
+            running = [
+                running_text(t, self.monitor) for t in trials if t.state == TrialState.RUNNING
+            ]
+            self.console.print(
+                f"{trials_line(self.name, trials, budget, direction)} [{self.monitor}]"
+                + (f"; {'; '.join(running)}" if running else "")
+            )

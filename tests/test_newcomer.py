@@ -227,3 +227,22 @@ def test_shipped_studies_are_found_from_any_folder_without_settings(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert optuna.load_study(study_name="cnn-demo", storage=f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_run_logs_a_line_per_finished_trial_when_not_a_terminal(
+    done_copy: Done, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a log file, `docker compose logs` or CI, `run` printed its first and last lines only,
+    however long it ran: each finished trial now gets a line, with its value and the metric,
+    and the study line comes every SUMMARY_EVERY_S (here: at every look)."""
+    from carbrand_search import progress
+
+    monkeypatch.setattr(progress, "SUMMARY_EVERY_S", 0)
+    study_file = str(done_copy.root / "tiny.toml")
+    result = runner.invoke(app, ["run", study_file, "--n-trials", "4", *done_copy.args()])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("trial ")]
+    assert [ln.split()[1] for ln in lines] == ["2", "3"], result.output
+    assert all("COMPLETE val_macro_f1 " in ln and "after 6 epoch(s)" in ln for ln in lines)
+    summaries = [ln for ln in result.output.splitlines() if "[val_macro_f1]" in ln]
+    assert summaries and any("]; trial 2 at epoch " in ln for ln in summaries)
