@@ -174,6 +174,7 @@ def _run_study(
             riding_out(lambda: stop_workers(processes, study), outage)
     riding_out(lambda: _save_note(study, spec), outage)
     found = riding_out(lambda: trials(study), outage)
+    progress.trials(found, total)  # the last trials may have ended after the last look
     return RunOutcome(
         study=spec.name,
         budget=total,
