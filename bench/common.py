@@ -80,10 +80,42 @@ def study_file(
     compile: bool = False,
     optuna_pruner: str = "none",
 ) -> Path:
-    """A small study on demo data (small_cnn or efficientnet_b0), lr searched log-uniformly."""
+    """A small study on demo data (small_cnn or efficientnet_b0), lr searched log-uniformly;
+    `study_text`'s arguments."""
     path = folder / f"{name}.toml"
     path.write_text(
-        f"""
+        study_text(
+            n_trials,
+            epochs,
+            lr,
+            collapse,
+            size,
+            optimizer,
+            batch_norm,
+            warmup,
+            model,
+            compile,
+            optuna_pruner,
+        )
+    )
+    return path
+
+
+def study_text(
+    n_trials: int,
+    epochs: int,
+    lr: tuple[float, float],
+    collapse: bool,
+    size: int,
+    optimizer: str = "sgd",
+    batch_norm: bool = True,
+    warmup: int = 1,
+    model: str = "small_cnn",
+    compile: bool = False,
+    optuna_pruner: str = "none",
+) -> str:
+    """The TOML of `study_file`."""
+    return f"""
 [study]
 n_trials = {n_trials}
 [data]
@@ -108,10 +140,7 @@ collapse = {str(collapse).lower()}
 warmup_epochs = {warmup}
 patience = 2
 optuna = "{optuna_pruner}"
-"""
-        + MODEL_BLOCKS[model].format(batch_norm=str(batch_norm).lower())
-    )
-    return path
+""" + MODEL_BLOCKS[model].format(batch_norm=str(batch_norm).lower())
 
 
 def warm_cache(study: Path, data: Path, cache: Path) -> None:

@@ -22,25 +22,13 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_json
+from common import machine, study_text, write_json
 from PIL import Image
 
 from carbrand_search.data.demo import DemoSpec, write_demo
 
-TINY = """
-[study]
-n_trials = 1
-[data]
-cache_size = 32
-image_size = 28
-[model]
-name = "small_cnn"
-filters = [8, 16]
-dense_units = 32
-[train]
-epochs = 1
-batch_size = 32
-"""
+# A valid one-trial study; each study-file case breaks one thing in it.
+TINY = study_text(n_trials=1, epochs=1, lr=(1e-3, 1e-2), collapse=False, size=32)
 
 
 @dataclass(frozen=True)
@@ -139,7 +127,7 @@ CASES = [
         "5,000 choices",
         study_file(
             TINY
-            + "[space.train.lr]\nchoices = ["
+            + "[space.train.weight_decay]\nchoices = ["
             + ", ".join(f"{1e-4 * (i + 1):.6f}" for i in range(5000))
             + "]\ndefault = 0.0001\n"
         ),
@@ -152,10 +140,12 @@ CASES = [
     Case(
         "a 64 GB model",
         study_file(
-            TINY.replace("filters = [8, 16]", "filters = [4096, 4096, 4096]\nkernel_sizes = [31]")
+            TINY.replace(
+                "filters = [16, 32, 64]", "filters = [4096, 4096, 4096]\nkernel_sizes = [31]"
+            )
         ),
     ),
-    Case("no blocks", study_file(TINY.replace("filters = [8, 16]", "filters = []"))),
+    Case("no blocks", study_file(TINY.replace("filters = [16, 32, 64]", "filters = []"))),
     Case("image_size = 0", study_file(TINY.replace("image_size = 28", "image_size = 0"))),
     Case("values nested 5,000 deep", study_file(TINY + "x = " + "[" * 5000 + "]" * 5000 + "\n")),
     Case("TOML syntax error", study_file(TINY + "[train\n")),
@@ -165,7 +155,7 @@ CASES = [
     Case("a missing study", lambda f: ["run", "no-such-study", *store(f)]),
     Case(
         "default outside its range",
-        study_file(TINY + "[space.train.lr]\nlow = 1e-3\nhigh = 1e-2\ndefault = 5.0\n"),
+        study_file(TINY + "[space.train.weight_decay]\nlow = 1e-3\nhigh = 1e-2\ndefault = 5.0\n"),
     ),
     # Storage URLs
     Case("port not a number", status_of("postgresql+psycopg://u:pw@127.0.0.1:notaport/db")),
