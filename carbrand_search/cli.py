@@ -309,7 +309,8 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage",
         envvar="CARBRAND_STORAGE",
-        help="sqlite:///FILE, postgresql+psycopg://… or journal:///FILE.",
+        help="sqlite:///FILE, postgresql+psycopg://…, journal:///FILE, or grpc://HOST:PORT "
+        "(a `carbrand-search proxy`).",
     ),
 ]
 ArtifactsOpt = Annotated[
@@ -623,6 +624,36 @@ def dashboard(
         f"optuna-dashboard for {mask(storage)} at http://{host}:{port}/dashboard (Ctrl-C stops)"
     )
     serve(store, artifact_store(artifacts), host, port)
+
+
+@app.command("proxy")
+@reports_errors
+def proxy(
+    storage: StorageOpt = defaults.STORAGE,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = defaults.PROXY_PORT,
+    heartbeat: HeartbeatOpt = defaults.HEARTBEAT_S,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Listen beyond loopback (needs CARBRAND_PROXY_TOKEN; the channel has no TLS).",
+        ),
+    ] = False,
+) -> None:
+    """Serve the storage to workers through Optuna's gRPC proxy (grpc://HOST:PORT): one set of
+    database connections for many workers; it also fails and re-queues their dead trials."""
+    from carbrand_search.core.process import stop_once, stop_signals
+    from carbrand_search.search.proxy import ProxyOptions, serve
+
+    options = ProxyOptions(storage, host, port, heartbeat, allow_remote)
+    with stop_once(*stop_signals()):  # SIGTERM (a pod's stop) ends it as cleanly as Ctrl-C
+        try:
+            serve(options, console.print)
+        except KeyboardInterrupt:
+            console.print("proxy stopped")
 
 
 @app.command("predict")

@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
+from carbrand_search.core.errors import UserError
 from carbrand_search.data.demo import DemoSpec, write_demo
 from carbrand_search.search import record
 from carbrand_search.search.storage import open_storage
@@ -171,6 +173,35 @@ def pg() -> Iterator[tuple[str, str]]:
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def proxied(pg: tuple[str, str]) -> Iterator[str]:
+    """grpc:// URL of a `carbrand-search proxy` process (heartbeat 1 s) serving a fresh
+    PostgreSQL database; stopped with SIGTERM afterwards, which it must take cleanly."""
+    port = free_port()
+    proc = start_cli("proxy", "--storage", pg[0], "--port", str(port), "--heartbeat", "1")
+    url = f"grpc://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            open_storage(url)
+        except UserError:
+            return False
+        return True
+
+    wait_for(answers, timeout_s=60)
+    yield url
+    proc.terminate()
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "proxy stopped" in output, output
 
 
 def cli(*args: str) -> list[str]:

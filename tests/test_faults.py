@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ from conftest import (
     PG_ADMIN,
     REPO,
     cli,
+    free_port,
     freeze_a_running_worker,
     running,
     start_cli,
@@ -47,7 +47,12 @@ def start_run(
 
 @pytest.mark.parametrize(
     ("backend", "workers", "n_trials"),
-    [("sqlite", 2, 4), pytest.param("postgres", 3, 5, marks=pytest.mark.postgres)],
+    [
+        ("sqlite", 2, 4),
+        pytest.param("postgres", 3, 5, marks=pytest.mark.postgres),
+        # Through the gRPC proxy the heartbeat is relayed and the proxy finds the dead trial.
+        pytest.param("proxy", 2, 4, marks=pytest.mark.postgres),
+    ],
 )
 def test_sigkilled_worker_trial_fails_and_is_retried(
     demo_root: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: str,
@@ -56,6 +61,8 @@ def test_sigkilled_worker_trial_fails_and_is_retried(
     url = f"sqlite:///{tmp_path / 'study.db'}"
     if backend == "postgres":
         url, _ = request.getfixturevalue("pg")
+    if backend == "proxy":
+        url = request.getfixturevalue("proxied")
     study = write_study(tmp_path, n_trials=n_trials, epochs=4)
     proc = start_run(study, url, demo_root, tmp_path / "a", workers)
     # Stopped in epoch 2 or later, so the trial is still running when it dies and has saved
@@ -137,9 +144,7 @@ def own_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
         pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
     folder = Path(tempfile.mkdtemp(prefix="cbs-pg-"))
     shutil.chown(folder, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"]
     data = folder / "data"
     subprocess.run(

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import Done, write_study
+from conftest import Done, free_port, write_study
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -264,12 +264,6 @@ def test_compare_has_a_row_per_study(
     assert head in (out / "compare.md").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_dashboard(done: Done, port: int) -> subprocess.Popen:
     server = subprocess.Popen(
         [sys.executable, "-m", "carbrand_search", "dashboard", "--port", str(port),
@@ -288,7 +282,7 @@ def _start_dashboard(done: Done, port: int) -> subprocess.Popen:
 def test_the_loopback_dashboard_answers_to_loopback_names_only(done: Done) -> None:
     """DNS rebinding: a page on evil.example that points its name at 127.0.0.1 reaches the
     dashboard (no login) with Host: evil.example. It gets a 403; this machine's names work."""
-    port = _free_port()
+    port = free_port()
     server = _start_dashboard(done, port)
     try:
 
@@ -317,7 +311,7 @@ def test_the_loopback_dashboard_answers_to_loopback_names_only(done: Done) -> No
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
 def test_dashboard_shows_the_study_in_a_browser(done: Done, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_dashboard(done, port)
     try:
         dom = subprocess.run(

@@ -157,10 +157,16 @@ def test_other_study_file_under_same_name_is_refused(done_copy: Done, tmp_path: 
 
 
 @pytest.mark.slow
-def test_signals_stop_run_cleanly_and_run_resumes(demo_root: Path, tmp_path: Path) -> None:
-    """Ctrl-C, then SIGTERM (`kill`, `docker stop`) on the run that resumed it: each stops its
-    workers mid-trial, fails and re-queues the trial, orphans nothing; a third run finishes."""
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("proxy", marks=pytest.mark.postgres)])
+def test_signals_stop_run_cleanly_and_run_resumes(
+    demo_root: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Ctrl-C, then SIGTERM (`kill`, `docker stop`, a pod's preemption) on the run that resumed
+    it: each stops its workers mid-trial, fails and re-queues the trial, orphans nothing; a third
+    run finishes. Through the gRPC proxy too, as pods of the Kubernetes worker Job use it."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
+    if backend == "proxy":
+        url = request.getfixturevalue("proxied")
     study_file = write_study(tmp_path, n_trials=3, epochs=4)
     args = ["run", str(study_file), "--storage", url, "--data", str(demo_root), "--workers", "2"]
     args += ["--artifacts", str(tmp_path / "a"), "--heartbeat", "1"]

@@ -10,6 +10,7 @@ at most `RETRIES[kind]` times in a row; a failed trial never counts against the 
 - `bug`: anything else; not retried, and the worker stops at once, with the cause in one line.
 """
 
+import sys
 import traceback
 from pathlib import Path
 
@@ -56,8 +57,20 @@ def database_unreachable(error: BaseException) -> bool:
             return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return True
+        if _proxy_unavailable(seen):
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _proxy_unavailable(error: BaseException) -> bool:
+    """A gRPC storage proxy that does not answer (restarting, or the network is cut)."""
+    grpc = sys.modules.get("grpc")  # loaded only where a proxy is used
+    return (
+        grpc is not None
+        and isinstance(error, grpc.RpcError)
+        and error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    )
 
 
 def describe(error: BaseException) -> str:

@@ -1,7 +1,8 @@
-"""Storage URL → Optuna storage (SQLite, PostgreSQL, journal file), with heartbeat and retry;
-artifact store root → Optuna artifact store. The one module that uses Optuna's private parts,
-each where Optuna has no public API: the `ArtifactStore` protocol's name (everyone else imports
-it from here) and its RDB trial table, for counting trials without loading them."""
+"""Storage URL → Optuna storage (SQLite, PostgreSQL, journal file, or a gRPC proxy's client),
+with heartbeat and retry; artifact store root → Optuna artifact store. With proxy.py, the only
+modules that use Optuna's private parts, each where Optuna has no public API: here the
+`ArtifactStore` protocol's name (everyone else imports it from here) and its RDB trial table,
+for counting trials without loading them."""
 
 import contextlib
 import os
@@ -18,6 +19,7 @@ from optuna.artifacts import Backoff, Boto3ArtifactStore, FileSystemArtifactStor
 from optuna.artifacts._protocol import ArtifactStore as ArtifactStore  # no public name
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # no public name
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -138,6 +140,10 @@ def open_storage(
     `defaults.GRACE_FACTOR` heartbeats (its worker died) is marked FAIL and re-queued with its
     parameters, at most `stale_retries` times in a row (retry.open_for_work says how often).
     """
+    if url.startswith("grpc://"):
+        from carbrand_search.search.proxy import connect  # grpc loads only for proxy users
+
+        return connect(url, heartbeat_s)
     if url.startswith("journal://"):
         path = Path(url.removeprefix("journal://"))
         if not path.parent.is_dir():
@@ -146,7 +152,7 @@ def open_storage(
     if not (url.startswith("sqlite:///") or url.startswith("postgresql")):
         raise UserError(
             f"storage {mask(url)}: unsupported URL; use sqlite:///FILE, "
-            "postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///FILE"
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB, journal:///FILE or grpc://HOST:PORT"
         )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -180,6 +186,20 @@ def open_storage(
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin_immediate)
         storage.engine.dispose()  # later connections are made with the pragmas
     return storage
+
+
+def finds_stale(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether trials on `storage` send heartbeats, so that a dead worker's trial is failed and
+    queued again (by the workers, or by the proxy they reach it through)."""
+    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+
+
+def close(storage: optuna.storages.BaseStorage) -> None:
+    """Let go of `storage`'s connections (pooled database connections, a proxy's channel)."""
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
+    elif isinstance(storage, optuna.storages.GrpcStorageProxy):
+        storage.close()
 
 
 class RemoveOnceBackoff(Backoff):

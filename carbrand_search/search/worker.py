@@ -26,7 +26,7 @@ from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
 from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.samplers import make_sampler
-from carbrand_search.search.storage import artifact_store
+from carbrand_search.search.storage import artifact_store, close, finds_stale
 from carbrand_search.search.study import budget, stored_spec, trials
 from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
@@ -105,7 +105,9 @@ def _work(plan: WorkerPlan) -> None:
     )  # fmt: skip
     objective = Objective(spec, data, artifacts, total, worker_label(), teacher)
     keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
-    reaps_stale = isinstance(storage, optuna.storages.RDBStorage)
+    # Storages with heartbeats can find a dead worker's trial and queue it again (through a proxy,
+    # the proxy does): a worker with nothing to start waits for that instead of leaving.
+    waits_for_stale = finds_stale(storage)
     failures = FailureGuard()
     outage = Backoff()
     memory = MemoryWait()
@@ -123,7 +125,7 @@ def _work(plan: WorkerPlan) -> None:
                     sweep(everything, artifacts)
                     break
                 if places_taken(everything, total):
-                    if not reaps_stale:
+                    if not waits_for_stale:
                         break
                     # The last trials belong to others; wait in case one dies and is re-queued.
                     time.sleep(2)
@@ -148,8 +150,7 @@ def _work(plan: WorkerPlan) -> None:
                 # then is re-queued and resumes from its last resume point.
                 outage.wait(e)
     finally:
-        if reaps_stale:
-            storage.engine.dispose()  # type: ignore[attr-defined]
+        close(storage)
 
 
 class FailureGuard:
