@@ -75,6 +75,16 @@ def test_storage_bench(tmp_path: Path) -> None:
     assert all(row["trials"] == 10 and row["lock_errors"] == 0 for row in result["rows"])
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_many_workers_bench(tmp_path: Path) -> None:
+    result = run_bench("many_workers.py", tmp_path / "result.json")
+    assert {row["mode"] for row in result["rows"]} == {"direct", "proxy"}
+    for row in result["rows"]:
+        assert row["trials"] > 0 and row["errors"] == [] and row["peak_connections"] > 0
+        assert row["sigkill_to_requeued_s"] is not None  # the killed trial was queued again
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs for minutes")
 def test_gpu_script_refuses_without_a_gpu(tmp_path: Path) -> None:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from carbrand_search.cli import app
 from carbrand_search.core.errors import UserError
+from carbrand_search.core.network import is_loopback
 from carbrand_search.search.proxy import (
     BEAT_KEY,
     TOKEN_ENV,
     ProxyOptions,
     check_listen,
-    is_loopback,
     parse,
     serve,
 )

@@ -1,27 +1,17 @@
 """optuna-dashboard on a study's storage and artifact store, refusing requests whose Host header
 is not this machine's when it listens on loopback only."""
 
-import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
+from carbrand_search.core.network import is_loopback
 from carbrand_search.search.storage import ArtifactStore
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` leaves the server reachable from this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str) -> str:

@@ -13,7 +13,6 @@ public counterpart (the servicer and the client's channel):
 
 import contextlib
 import hmac
-import ipaddress
 import os
 import threading
 from collections.abc import Callable
@@ -32,13 +31,13 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
+from carbrand_search.core.network import is_loopback
 
 SCHEME = "grpc://"
 TOKEN_ENV = "CARBRAND_PROXY_TOKEN"
 BEAT_KEY = "carbrand:heartbeat"  # never stored: the proxy turns it into a heartbeat row
 CONNECT_TIMEOUT_S = 10
 SERVER_THREADS = 32  # concurrent calls the proxy serves; each holds at most one connection
-LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 @dataclass(frozen=True)
@@ -49,16 +48,6 @@ class ProxyAddress:
     @property
     def url(self) -> str:
         return f"{SCHEME}{self.host}:{self.port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def parse(url: str) -> ProxyAddress:
