@@ -189,19 +189,24 @@ def proxied(pg: tuple[str, str]) -> Iterator[str]:
     proc = start_cli("proxy", "--storage", pg[0], "--port", str(port), "--heartbeat", "1")
     url = f"grpc://127.0.0.1:{port}"
 
-    def answers() -> bool:
+    def up() -> bool:
         assert proc.poll() is None, proc.communicate()[0]
-        try:
-            open_storage(url)
-        except UserError:
-            return False
-        return True
+        return answers(url)
 
-    wait_for(answers, timeout_s=60)
+    wait_for(up, timeout_s=60)
     yield url
     proc.terminate()
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "proxy stopped" in output, output
+
+
+def answers(url: str) -> bool:
+    """Whether the storage at `url` (a proxy that may be starting) can be opened."""
+    try:
+        open_storage(url)
+    except UserError:
+        return False
+    return True
 
 
 def cli(*args: str) -> list[str]:

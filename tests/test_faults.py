@@ -18,6 +18,7 @@ from conftest import (
     FINISHED,
     PG_ADMIN,
     REPO,
+    answers,
     cli,
     free_port,
     freeze_a_running_worker,
@@ -168,12 +169,20 @@ def own_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("through", ["direct", "proxy"])
 def test_a_database_restart_mid_run_needs_no_second_command(
-    demo_root: Path, tmp_path: Path, own_postgres: tuple[str, Callable[[], None]]
+    demo_root: Path, tmp_path: Path, own_postgres: tuple[str, Callable[[], None]], through: str
 ) -> None:
     """The server goes away for 3 s while two workers train: `run` and its workers wait for it
-    and the study finishes its budget, nothing lost, nothing run twice, exit 0."""
+    and the study finishes its budget, nothing lost, nothing run twice, exit 0. Through the gRPC
+    proxy too: it answers UNAVAILABLE meanwhile, which the workers wait out the same way."""
     url, outage = own_postgres
+    proxy = None
+    if through == "proxy":
+        port = free_port()
+        proxy = start_cli("proxy", "--storage", url, "--port", str(port), "--heartbeat", "1")
+        url = f"grpc://127.0.0.1:{port}"
+        wait_for(lambda: answers(url), timeout_s=60)
     study = write_study(tmp_path, n_trials=4, epochs=4)
     proc = start_run(study, url, demo_root, tmp_path / "a", 2)
     wait_for(lambda: bool(running(url)))
@@ -191,6 +200,9 @@ def test_a_database_restart_mid_run_needs_no_second_command(
             or t.system_attrs.get("failed_trial") == failed.number
         ]  # fmt: skip
         assert len(retries) == 1 and retries[0].params == failed.params
+    if proxy is not None:
+        proxy.terminate()
+        proxy.communicate(timeout=30)
 
 
 def test_two_runs_at_once_respect_the_budget(demo_root: Path, tmp_path: Path) -> None:

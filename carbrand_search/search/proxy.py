@@ -174,6 +174,36 @@ class _CheckToken(grpc.ServerInterceptor):  # type: ignore[misc]
         return self.denied
 
 
+class _OutageAsUnavailable(grpc.ServerInterceptor):  # type: ignore[misc]
+    """A call that failed because the database went away (a restart, cut connections) answers
+    UNAVAILABLE, which workers wait out as they wait out the database itself; Optuna's servicer
+    would let it out as UNKNOWN, which reads as a bug."""
+
+    def intercept_service(self, continuation: Callable, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        call = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            from carbrand_search.search.failures import database_unreachable
+
+            try:
+                return call(request, context)
+            except Exception as e:
+                if not database_unreachable(e):
+                    raise
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"database unreachable: {first_line(e)}"
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 def check_listen(host: str, allow_remote: bool, token: str | None) -> None:
     """Loopback only, unless asked; and then only with a token."""
     if is_loopback(host):
@@ -219,7 +249,7 @@ def serve(
     storage = optuna.storages.get_storage(open_for_work(options.storage, options.heartbeat_s))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=SERVER_THREADS),
-        interceptors=[_CheckToken(token)] if token else [],
+        interceptors=[*([_CheckToken(token)] if token else []), _OutageAsUnavailable()],
     )
     api_pb2_grpc.add_StorageServiceServicer_to_server(_Relay(storage), server)
     bound = options.host if ":" not in options.host else f"[{options.host}]"
