@@ -32,8 +32,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.core.network import is_loopback
+from carbrand_search.search.storage import PROXY_SCHEME, mask
 
-SCHEME = "grpc://"
 TOKEN_ENV = "CARBRAND_PROXY_TOKEN"
 BEAT_KEY = "carbrand:heartbeat"  # never stored: the proxy turns it into a heartbeat row
 CONNECT_TIMEOUT_S = 10
@@ -45,15 +45,11 @@ class ProxyAddress:
     host: str
     port: int
 
-    @property
-    def url(self) -> str:
-        return f"{SCHEME}{self.host}:{self.port}"
-
 
 def parse(url: str) -> ProxyAddress:
     """grpc://HOST:PORT → its address; anything else a one-line UserError."""
-    host, colon, port = url.removeprefix(SCHEME).rpartition(":")
-    if not url.startswith(SCHEME) or not colon or not host or "/" in host:
+    host, colon, port = url.removeprefix(PROXY_SCHEME).rpartition(":")
+    if not url.startswith(PROXY_SCHEME) or not colon or not host or "/" in host:
         raise UserError(f"storage {url}: use grpc://HOST:PORT for a `carbrand-search proxy`")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise UserError(f"storage {url}: the port must be a number in [1, 65535], got {port!r}")
@@ -235,12 +231,11 @@ def serve(
     """Serve `options.storage` at grpc://HOST:PORT until `stop` is set or the process is told to
     stop; stale trials of every study are swept each heartbeat."""
     from carbrand_search.search.retry import open_for_work
-    from carbrand_search.search.storage import mask
 
     check_port(options.port)
     token = _token()
     check_listen(options.host, options.allow_remote, token)
-    if options.storage.startswith((SCHEME, "journal://")):
+    if options.storage.startswith((PROXY_SCHEME, "journal://")):
         raise UserError(
             f"--storage {mask(options.storage)}: the proxy serves a database "
             "(sqlite:///FILE or postgresql+psycopg://…)"
@@ -257,7 +252,7 @@ def serve(
         raise UserError(f"--port {options.port}: cannot listen on {options.host} (in use?)")
     server.start()
     say(
-        f"proxy for {mask(options.storage)} at {SCHEME}{options.host}:{options.port}"
+        f"proxy for {mask(options.storage)} at {PROXY_SCHEME}{options.host}:{options.port}"
         f"{' (token required)' if token else ''}; stale trials swept every "
         f"{options.heartbeat_s} s"
     )

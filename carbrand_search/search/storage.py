@@ -43,6 +43,7 @@ PG_CONNECT_ARGS = {
 }
 
 
+PROXY_SCHEME = "grpc://"  # a `carbrand-search proxy` (search/proxy.py)
 EXAMPLE_PASSWORDS = frozenset({"change-me"})  # shipped in an old .env.example
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
 # Tries at creating the tables of a fresh database that other processes are creating too: the
@@ -140,7 +141,7 @@ def open_storage(
     `defaults.GRACE_FACTOR` heartbeats (its worker died) is marked FAIL and re-queued with its
     parameters, at most `stale_retries` times in a row (retry.open_for_work says how often).
     """
-    if url.startswith("grpc://"):
+    if url.startswith(PROXY_SCHEME):
         from carbrand_search.search.proxy import connect  # grpc loads only for proxy users
 
         return connect(url, heartbeat_s)
