@@ -614,9 +614,10 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on the same storage and artifact store."""
-    if not 1 <= port <= 65535:
-        raise UserError(f"--port must be in [1, 65535], got {port}")
+    from carbrand_search.core.network import check_port
     from carbrand_search.reports.dashboard import serve
+
+    check_port(port)
     from carbrand_search.search.storage import artifact_store, mask, open_storage
 
     store = open_storage(storage)

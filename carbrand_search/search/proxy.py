@@ -31,7 +31,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
-from carbrand_search.core.network import is_loopback
+from carbrand_search.core.network import PORTS, check_port, is_loopback
 from carbrand_search.search.storage import PROXY_SCHEME, mask
 
 TOKEN_ENV = "CARBRAND_PROXY_TOKEN"
@@ -51,14 +51,9 @@ def parse(url: str) -> ProxyAddress:
     host, colon, port = url.removeprefix(PROXY_SCHEME).rpartition(":")
     if not url.startswith(PROXY_SCHEME) or not colon or not host or "/" in host:
         raise UserError(f"storage {url}: use grpc://HOST:PORT for a `carbrand-search proxy`")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not port.isdigit() or int(port) not in PORTS:
         raise UserError(f"storage {url}: the port must be a number in [1, 65535], got {port!r}")
     return ProxyAddress(host.strip("[]"), int(port))
-
-
-def check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise UserError(f"--port must be in [1, 65535], got {port}")
 
 
 def _token() -> str | None:
