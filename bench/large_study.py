@@ -165,11 +165,11 @@ def main() -> None:
 
         def status_in_process() -> None:
             view = overview(open_storage(url), "large", 50)  # a fresh storage: nothing cached
-            sink.print(status_table("large", view.shown))
-            sink.print(study_line("large", view.counts, budget(study), view.best))
+            sink.print(status_table("large", view.shown, "val_macro_f1"))
+            sink.print(study_line("large", view.counts, budget(study), view.best, "val_macro_f1"))
 
         def live_refresh() -> None:
-            sink.print(live_view("large", trials(study), args.trials, "maximize"))
+            sink.print(live_view("large", trials(study), args.trials, "val_macro_f1", args.epochs))
 
         def study_views() -> None:
             found = study.get_trials()  # as `report` reads them

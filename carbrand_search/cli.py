@@ -1,4 +1,5 @@
-"""The `carbrand-search` command line: parse, call one function, print."""
+"""The `carbrand-search` command line: each command parses its options, calls one function of the
+package and prints what it returned."""
 
 import functools
 import os
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
@@ -18,9 +20,59 @@ from carbrand_search.core.terminal import PlainConsole, one_line, tagged
 if TYPE_CHECKING:
     from carbrand_search.data.ingest import IngestReport
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Create, validate and summarise image datasets.")
+HELP = (
+    "Find and train image classifiers that tell car brands apart: Optuna searches over the "
+    "settings in a study file, on GPUs or the CPU, with reports, a dashboard and predictions. "
+    "Start with `carbrand-search data demo demo-data`, then `carbrand-search run cnn-demo`."
+)
+
+
+class _FlagsWithoutType:
+    """Typer's help shows `<bool>` after a flag, as if it took a value; a flag takes none."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_bool_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class FlagCommand(_FlagsWithoutType, TyperCommand):
+    """Every command of the app: flags shown as flags."""
+
+
+class FlagGroup(_FlagsWithoutType, TyperGroup):
+    """The app and `data`: flags shown as flags."""
+
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=HELP, cls=FlagGroup)
+data_app = typer.Typer(
+    no_args_is_help=True, help="Create, validate and summarise image datasets.", cls=FlagGroup
+)
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"carbrand-search {version('carbrand-search')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before any command."""
+
+
 console = PlainConsole(soft_wrap=True)
 err_console = PlainConsole(stderr=True)
 
@@ -88,7 +140,7 @@ SkipBadOpt = Annotated[
 ]
 
 
-@data_app.command("demo")
+@data_app.command("demo", cls=FlagCommand)
 @reports_errors
 def data_demo(
     folder: Annotated[
@@ -151,7 +203,7 @@ def check_and_print(folder: Path, skip_bad: bool) -> None:
     console.print(tagged("ok:", "green", f"{folder} is a valid dataset"))
 
 
-@data_app.command("check")
+@data_app.command("check", cls=FlagCommand)
 @reports_errors
 def data_check(
     folder: Annotated[Path, typer.Argument(help="ImageFolder root with train/ val/ test/.")],
@@ -185,7 +237,7 @@ def finish_ingest(report: "IngestReport", dst: Path) -> None:
     check_and_print(dst, skip_bad=False)
 
 
-@data_app.command("split")
+@data_app.command("split", cls=FlagCommand)
 @reports_errors
 def data_split(
     src: Annotated[Path, typer.Argument(help="One folder per brand, no splits (never modified).")],
@@ -205,7 +257,7 @@ def data_split(
     finish_ingest(report, dst)
 
 
-@data_app.command("import-stanford-cars")
+@data_app.command("import-stanford-cars", cls=FlagCommand)
 @reports_errors
 def data_import_stanford(
     src: Annotated[Path, typer.Argument(help="Stanford Cars download (devkit + image folders).")],
@@ -225,7 +277,7 @@ def data_import_stanford(
     finish_ingest(report, dst)
 
 
-@data_app.command("download")
+@data_app.command("download", cls=FlagCommand)
 @reports_errors
 def data_download(
     source: Annotated[str, typer.Argument(help="Where from: kaggle.")],
@@ -241,7 +293,7 @@ def data_download(
     finish_ingest(download_kaggle(dataset, dst, force=force), dst)
 
 
-@app.command("train")
+@app.command("train", cls=FlagCommand)
 @reports_errors
 def train(
     study: StudyArg,
@@ -338,7 +390,7 @@ NameOpt = Annotated[
 ]
 
 
-@app.command("run")
+@app.command("run", cls=FlagCommand)
 @reports_errors
 def run(
     study: StudyArg,
@@ -393,7 +445,8 @@ def run(
             warm_from=from_study, warm_top=top,
         )  # fmt: skip
         monitor = spec.base.train.monitor
-        with RichRunProgress(console, err_console, spec.name, monitor) as progress:
+        epochs = spec.base.train.epochs
+        with RichRunProgress(console, err_console, spec.name, monitor, epochs) as progress:
             outcome = run_study(spec, options, launch, progress, waiting)
     except WorkerStopped as e:  # the database stayed away for longer than `run` waits
         error_line(f"{spec.name}: {e}; `run` again to resume")
@@ -409,7 +462,7 @@ def run(
     if outcome.interrupted:
         err_console.print("interrupted: running trials marked FAIL; `run` again to resume")
         raise typer.Exit(EXIT_INTERRUPTED)
-    console.print(trials_line(spec.name, outcome.trials, outcome.budget, spec.direction))
+    console.print(trials_line(spec.name, outcome.trials, outcome.budget, monitor))
     if not outcome.budget_met:
         error_line(
             f"{spec.name}: stopped short of its budget; worker exit codes "
@@ -422,7 +475,7 @@ def run(
         )
 
 
-@app.command("create")
+@app.command("create", cls=FlagCommand)
 @reports_errors
 def create(
     study: StudyArg,
@@ -443,11 +496,12 @@ def create(
     console.print(
         f"study '{spec.name}' ready in {mask(storage)}: budget {budget(created)} "
         f"trials, {len(created.trials)} so far; start workers with `carbrand-search worker "
-        f"{spec.name}`"
+        f"{spec.name} --storage {mask(storage)}` (with --data and --artifacts where they are "
+        "not the defaults)"
     )
 
 
-@app.command("worker")
+@app.command("worker", cls=FlagCommand)
 @reports_errors
 def worker(
     study: Annotated[str, typer.Argument(help="Name of a study created by `run`.")],
@@ -461,22 +515,28 @@ def worker(
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Join an existing study from this machine and run trials until its budget is met."""
+    from carbrand_search.progress import RichRunProgress
     from carbrand_search.search.options import RunOptions
     from carbrand_search.search.runner import join_study
+    from carbrand_search.search.study import open_study, stored_spec
     from carbrand_search.search.worker import WorkerStopped
 
     options = RunOptions(
         storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
         heartbeat_s=heartbeat, skip_bad=skip_bad,
     )  # fmt: skip
+    base = stored_spec(open_study(study, storage)).base
     try:
-        join_study(study, options, threads)
+        with RichRunProgress(
+            console, err_console, study, base.train.monitor, base.train.epochs
+        ) as progress:
+            join_study(study, options, threads, progress)
     except WorkerStopped as e:
         error_line(f"worker: {e}")
         raise typer.Exit(EXIT_SHORT_OF_BUDGET) from None
 
 
-@app.command("status")
+@app.command("status", cls=FlagCommand)
 @reports_errors
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -487,9 +547,9 @@ def status(
     ] = False,
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
-    from carbrand_search.progress import status_table, study_line
+    from carbrand_search.progress import WIDE, status_params, status_table, study_line
     from carbrand_search.search.storage import mask, open_storage, store_size
-    from carbrand_search.search.study import budget, open_study
+    from carbrand_search.search.study import budget, metric_name, open_study
     from carbrand_search.search.views import overview
 
     optuna_study = open_study(study, storage)
@@ -499,8 +559,14 @@ def status(
     total = sum(view.counts.values())
     if len(view.shown) < total:
         title += f": the last {STATUS_ROWS} of {total} trials and every running one (--all: all)"
-    console.print(status_table(title, view.shown))
-    console.print(study_line(study, view.counts, budget(optuna_study, default=total), view.best))
+    measures = metric_name(optuna_study)
+    console.print(status_table(title, view.shown, measures, console.width))
+    if console.width < WIDE:
+        for line in status_params(view.shown):
+            console.print(line, highlight=False)
+    console.print(
+        study_line(study, view.counts, budget(optuna_study, default=total), view.best, measures)
+    )
     try:
         files, size = store_size(artifacts)
     except Exception as e:  # an unreachable bucket must not hide the trials table
@@ -509,16 +575,19 @@ def status(
         console.print(f"artifacts: {size / 2**20:.1f} MB in {files} files at {artifacts}")
 
 
-@app.command("studies")
+@app.command("studies", cls=FlagCommand)
 @reports_errors
 def studies(storage: StorageOpt = defaults.STORAGE) -> None:
     """List the studies in a storage with their trial counts."""
     import optuna
 
-    from carbrand_search.search.storage import open_storage
+    from carbrand_search.search.storage import open_existing
+    from carbrand_search.search.study import metric_name
 
-    for summary in optuna.get_all_study_summaries(open_storage(storage)):
-        best = f", best {summary.best_trial.value:.4f}" if summary.best_trial else ""
+    store = open_existing(storage)
+    for summary in optuna.get_all_study_summaries(store):
+        measures = metric_name(optuna.load_study(study_name=summary.study_name, storage=store))
+        best = f", best {measures} {summary.best_trial.value:.4f}" if summary.best_trial else ""
         console.print(f"{summary.study_name}: {summary.n_trials} trials{best}")
 
 
@@ -530,7 +599,7 @@ TtaOpt = Annotated[
 ]
 
 
-@app.command("report")
+@app.command("report", cls=FlagCommand)
 @reports_errors
 def report(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -572,7 +641,7 @@ def report(
     )
 
 
-@app.command("compare")
+@app.command("compare", cls=FlagCommand)
 @reports_errors
 def compare(
     studies: Annotated[list[str], typer.Argument(help="Study names.")],
@@ -603,7 +672,7 @@ def compare(
     console.print(f"wrote {out}/compare.md and compare.json")
 
 
-@app.command("dashboard")
+@app.command("dashboard", cls=FlagCommand)
 @reports_errors
 def dashboard(
     storage: StorageOpt = defaults.STORAGE,
@@ -618,16 +687,16 @@ def dashboard(
     from carbrand_search.reports.dashboard import serve
 
     check_port(port)
-    from carbrand_search.search.storage import artifact_store, mask, open_storage
+    from carbrand_search.search.storage import artifact_store, mask, open_existing
 
-    store = open_storage(storage)
+    store = open_existing(storage)
     console.print(
         f"optuna-dashboard for {mask(storage)} at http://{host}:{port}/dashboard (Ctrl-C stops)"
     )
     serve(store, artifact_store(artifacts), host, port)
 
 
-@app.command("proxy")
+@app.command("proxy", cls=FlagCommand)
 @reports_errors
 def proxy(
     storage: StorageOpt = defaults.STORAGE,
@@ -657,7 +726,7 @@ def proxy(
             console.print("proxy stopped")
 
 
-@app.command("predict")
+@app.command("predict", cls=FlagCommand)
 @reports_errors
 def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],

@@ -4,6 +4,7 @@ table of `status`; all drawn with rich from the search's typed records."""
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
@@ -21,9 +22,10 @@ from rich.table import Table
 from rich.text import Text
 
 from carbrand_search.core import metric
-from carbrand_search.core.metric import Direction, Metric, is_better
+from carbrand_search.core.metric import Metric, is_better
 from carbrand_search.core.terminal import tagged
 from carbrand_search.search import record
+from carbrand_search.search.budget import finished
 from carbrand_search.search.failures import KILLED
 from carbrand_search.search.study import best_trials
 
@@ -129,11 +131,17 @@ def format_params(params: dict[str, object]) -> str:
 
 
 def study_line(
-    name: str, states: Mapping[TrialState, int], budget: int, best: FrozenTrial | None
+    name: str,
+    states: Mapping[TrialState, int],
+    budget: int,
+    best: FrozenTrial | None,
+    metric_name: str,
 ) -> str:
-    """One line: progress against the budget and the best value so far."""
+    """One line: progress against the budget and the best value so far, with its metric."""
     complete, pruned = states.get(TrialState.COMPLETE, 0), states.get(TrialState.PRUNED, 0)
-    so_far = f", best {best.value:.4f} (trial {best.number})" if best is not None else ""
+    so_far = (
+        f", best {metric_name} {best.value:.4f} (trial {best.number})" if best is not None else ""
+    )
     return (
         f"{name}: {complete + pruned}/{budget} finished ({complete} complete, {pruned} pruned), "
         f"{states.get(TrialState.FAIL, 0)} failed, {states.get(TrialState.RUNNING, 0)} running"
@@ -141,30 +149,76 @@ def study_line(
     )
 
 
-def trials_line(
-    name: str, trials: Sequence[FrozenTrial], budget: int, direction: Direction
-) -> str:
+def trials_line(name: str, trials: Sequence[FrozenTrial], budget: int, monitor: Metric) -> str:
     """`study_line` for trials already read."""
-    ranked = best_trials(trials, direction)
+    ranked = best_trials(trials, metric.direction(monitor))
     return study_line(
-        name, Counter(t.state for t in trials), budget, ranked[0] if ranked else None
+        name, Counter(t.state for t in trials), budget, ranked[0] if ranked else None, monitor
     )
 
 
-def live_view(name: str, trials: Sequence[FrozenTrial], budget: int, monitor: Metric) -> Table:
-    """The `run` screen: the study line plus each running trial's worker, epoch and the last
-    value of the metric the study optimises."""
-    title = trials_line(name, trials, budget, metric.direction(monitor))
+@dataclass(frozen=True)
+class RunClock:
+    """When the live view began, and how many trials had finished by then: the ETA counts only
+    trials this run finished."""
+
+    started: float  # time.monotonic()
+    finished_before: int
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def eta_s(self, finished_now: int, budget: int) -> float | None:
+        """Seconds left at this run's pace so far; None before its first finished trial."""
+        here = finished_now - self.finished_before
+        return self.elapsed_s() / here * max(budget - finished_now, 0) if here > 0 else None
+
+
+def duration_text(seconds: float) -> str:
+    """`45s`, `12m05s`, `2h03m`."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+RECENT = 5  # finished trials the live view keeps in sight (the last of them stay after a run)
+
+
+def live_view(
+    name: str,
+    trials: Sequence[FrozenTrial],
+    budget: int,
+    monitor: Metric,
+    epochs: int,
+    clock: RunClock | None = None,
+) -> Table:
+    """The `run` screen: the study line with elapsed time and ETA, then each running trial
+    (worker, epoch of epochs, last value of the study's metric) and the last finished trials
+    (state, value, why pruned or failed). `epochs`: a trial's epochs unless it searches them."""
+    title = trials_line(name, trials, budget, monitor)
+    if clock is not None:
+        eta = clock.eta_s(finished(trials), budget)
+        title += f"; elapsed {duration_text(clock.elapsed_s())}"
+        title += f", ETA {duration_text(eta)}" if eta is not None else ""
     table = Table(title=title, title_justify="left")
-    for column in ("worker", "trial", "epoch", f"last {monitor}", "params"):
+    for column in ("trial", "state", "epoch", monitor, "worker or why", "params"):
         table.add_column(column)
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
+    ended = sorted(
+        ((t.datetime_complete, t) for t in trials if t.state in ENDED and t.datetime_complete),
+        key=lambda pair: pair[0],
+    )[-RECENT:]
+    for t in [*(t for _, t in ended), *(t for t in trials if t.state == TrialState.RUNNING)]:
         stored = record.read(t)
-        last = f"{stored.epochs[-1][monitor]:.3f}" if stored.epochs else ""
+        of = int(t.params.get("train.epochs", epochs))
+        if t.state == TrialState.RUNNING:
+            shown = f"{stored.epochs[-1][monitor]:.3f}" if stored.epochs else ""
+            epoch, why = f"{stored.epoch or 0}/{of}", stored.worker or ""
+        else:
+            shown = f"{t.value:.3f}" if t.value is not None else ""
+            epoch, why = f"{len(stored.epochs)}/{of}", reason_text(t)
         params = format_params(dict(list(t.params.items())[:4]))
-        table.add_row(stored.worker or "", str(t.number), str(stored.epoch or ""), last, params)
+        table.add_row(str(t.number), t.state.name, epoch, shown, why, params)
     return table
 
 
@@ -180,11 +234,12 @@ def trial_log_line(trial: FrozenTrial, monitor: Metric) -> str:
     )
 
 
-def running_text(trial: FrozenTrial, monitor: Metric) -> str:
-    """A running trial: its epoch and the last value of the monitor."""
+def running_text(trial: FrozenTrial, monitor: Metric, epochs: int) -> str:
+    """A running trial: its epoch of its epochs and the last value of the monitor."""
     stored = record.read(trial)
     last = f", last {monitor} {stored.epochs[-1][monitor]:.4f}" if stored.epochs else ""
-    return f"trial {trial.number} at epoch {stored.epoch or 0}{last}"
+    of = int(trial.params.get("train.epochs", epochs))
+    return f"trial {trial.number} at epoch {stored.epoch or 0}/{of}{last}"
 
 
 def reason_text(trial: FrozenTrial) -> str:
@@ -213,30 +268,49 @@ def history_text(trial: FrozenTrial) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def status_table(title: str, trials: Sequence[FrozenTrial]) -> Table:
+WIDE = 120  # columns from which `status` keeps each trial's parameters in its table
+
+
+def status_table(
+    title: str, trials: Sequence[FrozenTrial], metric_name: str, width: int = WIDE
+) -> Table:
     """`status`: each trial's state, value, parameters, duration, why it was pruned or failed,
-    and where it ran (device, peak memory, retry, resume)."""
+    and where it ran (device, peak memory, retry, resume). Narrower than WIDE, the parameters
+    and where it ran leave the table (`status_params` prints them below it), so a trial stays
+    one or two lines."""
+    wide = width >= WIDE
     table = Table(title=title)
-    columns = ("#", "state", "value", "params", "duration", "why pruned or failed", "ran on")
-    for column in columns:
+    columns = ["#", "state", metric_name, "duration", "why pruned or failed"]
+    for column in columns + (["params", "ran on"] if wide else []):
         table.add_column(column)
     for t in trials:
         duration = f"{t.duration.total_seconds():.0f}s" if t.duration else ""
         value = f"{t.value:.4f}" if t.value is not None else ""
-        table.add_row(
-            str(t.number), t.state.name, value, format_params(t.params), duration,
-            reason_text(t), history_text(t),
-        )  # fmt: skip
+        cells = [str(t.number), t.state.name, value, duration, reason_text(t)]
+        table.add_row(*cells, *([format_params(t.params), history_text(t)] if wide else []))
     return table
+
+
+def status_params(trials: Sequence[FrozenTrial]) -> list[str]:
+    """Each trial's parameters and where it ran, a line each (for a narrow `status`)."""
+    lines = []
+    for t in trials:
+        ran = history_text(t)
+        where = f"; ran on {ran}" if ran else ""
+        lines.append(f"#{t.number}: {format_params(t.params)}{where}")
+    return lines
 
 
 class RichRunProgress:
     """A `RunProgress` for the terminal: notes on stdout, warnings tagged on stderr, a bar per
     cache split, then the live view while workers run."""
 
-    def __init__(self, console: Console, err_console: Console, spec_name: str, monitor: Metric):
+    def __init__(
+        self, console: Console, err_console: Console, spec_name: str, monitor: Metric, epochs: int
+    ):
         self.console, self.err_console = console, err_console
-        self.name, self.monitor = spec_name, monitor
+        self.name, self.monitor, self.epochs = spec_name, monitor, epochs
+        self.clock: RunClock | None = None  # set at the first look at the trials
         self.logged: set[int] | None = None  # trials whose end was logged (not a terminal)
         self.summarised_at = time.monotonic()
         self.cache: CacheProgress | None = None
@@ -269,10 +343,12 @@ class RichRunProgress:
         self.cache(split, done, total)
 
     def trials(self, trials: Sequence[FrozenTrial], budget: int) -> None:
+        if self.clock is None:
+            self.clock = RunClock(time.monotonic(), finished(trials))
         if not self.console.is_terminal:
-            self._log(trials, budget)
+            self._log(trials, budget, self.clock)
             return
-        view = live_view(self.name, trials, budget, self.monitor)
+        view = live_view(self.name, trials, budget, self.monitor, self.epochs, self.clock)
         if self.live is None:
             self._stop_cache()
             # Not transient: the last table stays on screen after the run.
@@ -281,7 +357,7 @@ class RichRunProgress:
         else:
             self.live.update(view)
 
-    def _log(self, trials: Sequence[FrozenTrial], budget: int) -> None:
+    def _log(self, trials: Sequence[FrozenTrial], budget: int, clock: RunClock) -> None:
         """For logs (a file, `docker compose logs`, CI): a line per finished trial, and every
         SUMMARY_EVERY_S the study line plus each running trial's epoch."""
         if self.logged is None:  # the first look: what ended before this run is not news
@@ -293,11 +369,15 @@ class RichRunProgress:
         now = time.monotonic()
         if now - self.summarised_at >= SUMMARY_EVERY_S:
             self.summarised_at = now
-            direction = metric.direction(self.monitor)
             running = [
-                running_text(t, self.monitor) for t in trials if t.state == TrialState.RUNNING
+                running_text(t, self.monitor, self.epochs)
+                for t in trials
+                if t.state == TrialState.RUNNING
             ]
+            eta = clock.eta_s(finished(trials), budget)
             self.console.print(
-                f"{trials_line(self.name, trials, budget, direction)} [{self.monitor}]"
+                trials_line(self.name, trials, budget, self.monitor)
+                + f"; elapsed {duration_text(clock.elapsed_s())}"
+                + (f", ETA {duration_text(eta)}" if eta is not None else "")
                 + (f"; {'; '.join(running)}" if running else "")
             )

@@ -244,5 +244,105 @@ def test_run_logs_a_line_per_finished_trial_when_not_a_terminal(
     lines = [ln for ln in result.output.splitlines() if ln.startswith("trial ")]
     assert [ln.split()[1] for ln in lines] == ["2", "3"], result.output
     assert all("COMPLETE val_macro_f1 " in ln and "after 6 epoch(s)" in ln for ln in lines)
-    summaries = [ln for ln in result.output.splitlines() if "[val_macro_f1]" in ln]
-    assert summaries and any("]; trial 2 at epoch " in ln for ln in summaries)
+    summaries = [ln for ln in result.output.splitlines() if "; elapsed " in ln]
+    assert summaries and any("; trial 2 at epoch " in ln and "/6" in ln for ln in summaries)
+
+
+def test_version_a_help_for_users_and_flags_shown_as_flags() -> None:
+    from importlib.metadata import version
+
+    shown = runner.invoke(app, ["--version"])
+    assert (
+        shown.exit_code == 0
+        and shown.output.strip() == f"carbrand-search {version('carbrand-search')}"
+    )
+    top = runner.invoke(app, ["--help"])
+    assert "car brands" in top.output and "parse, call one function" not in top.output
+    flags = runner.invoke(app, ["data", "check", "--help"])
+    assert "--skip-bad" in flags.output and "<bool>" not in flags.output
+
+
+@pytest.mark.parametrize(
+    "args", [["worker", "cnn-demo"], ["status", "cnn-demo"], ["studies"], ["report", "cnn-demo"]]
+)
+def test_a_study_looked_up_where_no_storage_is_leaves_no_empty_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """`worker NAME` typed as `create` printed it left an empty carbrand-search.db behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CARBRAND_STORAGE", raising=False)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert (
+        "carbrand-search.db does not exist" in result.output and "Traceback" not in result.output
+    )
+    assert not (tmp_path / "carbrand-search.db").exists()
+
+
+def test_create_prints_the_whole_worker_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    created = runner.invoke(app, ["create", "cnn-demo", "--storage", url])
+    assert created.exit_code == 0, created.output
+    assert f"carbrand-search worker cnn-demo --storage {url}" in created.output
+
+
+def test_a_local_studies_folder_adds_to_the_shipped_studies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ./studies folder hid every shipped study, although the search order fell back to them."""
+    from carbrand_search.search.spec import SHIPPED_STUDIES, available_studies, find_study
+
+    monkeypatch.delenv("CARBRAND_STUDIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mine.toml").write_text(
+        (SHIPPED_STUDIES / "cnn-demo.toml").read_text()
+    )
+    assert find_study("mine") == Path("studies/mine.toml")
+    assert find_study("cnn-demo") == SHIPPED_STUDIES / "cnn-demo.toml"
+    assert {"mine", "cnn-demo"} <= set(available_studies())
+
+
+def test_status_and_studies_name_the_metric(done: Done) -> None:
+    shown = runner.invoke(app, ["status", "tiny", "--storage", done.url])
+    assert shown.exit_code == 0 and "┃ val_macro_f1" in shown.output
+    assert "best val_macro_f1 " in shown.output
+    listed = runner.invoke(app, ["studies", "--storage", done.url])
+    assert "best val_macro_f1 " in listed.output
+    assert optuna.load_study(study_name="tiny", storage=done.url).metric_names == ["val_macro_f1"]
+
+
+def test_a_narrow_status_keeps_each_trial_short(done: Done) -> None:
+    """At 80 columns each trial wrapped over about 12 lines: the parameters go below the table."""
+    from rich.console import Console
+
+    from carbrand_search.progress import status_params, status_table
+
+    found = load(done.url).get_trials()
+    console = Console(width=80, record=True)
+    console.print(status_table("tiny", found, "val_macro_f1", width=80))
+    rows = [line for line in console.export_text().splitlines() if line.startswith("│ ")]
+    assert len(rows) <= 2 * len(found)  # a trial is one or two lines
+    assert [line.split(":")[0] for line in status_params(found)] == [f"#{t.number}" for t in found]
+
+
+def test_the_live_view_shows_time_epochs_and_why_trials_were_pruned() -> None:
+    from rich.console import Console
+
+    from carbrand_search.progress import RunClock, live_view
+
+    study = optuna.create_study(direction="maximize")
+    pruned = study.ask()
+    pruned.set_user_attr("epochs", [{"val_macro_f1": 0.02}, {"val_macro_f1": 0.03}])
+    pruned.set_user_attr("prune_reason", {"rule": "one-class", "epoch": 2})
+    study.tell(pruned, state=TrialState.PRUNED)
+    done = study.ask()
+    study.tell(done, 0.5)
+    running = study.ask()
+    running.set_user_attr("epoch", 2)
+    clock = RunClock(started=0.0, finished_before=0)  # monotonic 0: long ago
+    console = Console(width=200, record=True)
+    console.print(live_view("s", study.get_trials(), 6, "val_macro_f1", 3, clock))
+    text = console.export_text()
+    assert "elapsed" in text and "ETA" in text
+    assert "rule=one-class, epoch=2" in text and "2/3" in text and "PRUNED" in text

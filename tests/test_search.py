@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import time
@@ -128,6 +129,8 @@ def test_bad_input_changes_nothing_in_storage(demo_root: Path, tmp_path: Path) -
     assert unknown.exit_code == 2 and "available: cars-scratch, cars-student" in unknown.output
     scheme = run_cli(study_file, "mongodb://x", demo_root, tmp_path)
     assert scheme.exit_code == 2 and "unsupported URL" in scheme.output
+    # Its hint keeps the password out of the URL, as the docs ask.
+    assert "PASSWORD@" not in scheme.output and "PGPASSWORD" in scheme.output
     unreachable = run_cli(
         study_file, "postgresql+psycopg://u:secret@127.0.0.1:1/x", demo_root, tmp_path
     )
@@ -271,6 +274,8 @@ def test_worker_joins_a_study_created_by_run(demo_root: Path, tmp_path: Path) ->
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert joined.returncode == 0, joined.stdout + joined.stderr
+    # Not a terminal: a line per trial it saw finish (the worker printed nothing before).
+    assert re.search(r"^trial \d+ COMPLETE val_macro_f1 ", joined.stdout, re.MULTILINE)
     os.kill(frozen, signal.SIGKILL)
     output, _ = run_proc.communicate(timeout=300)
     assert run_proc.returncode == 0, output  # the budget was met, by the joined worker
@@ -410,8 +415,10 @@ def test_extending_a_study_proposes_no_set_it_has(done_copy: Done) -> None:
 
 def test_worker_for_missing_study_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="other", storage=url)
     result = runner.invoke(app, ["worker", "ghost", "--storage", url])
     assert result.exit_code == 2 and "no study 'ghost'" in result.output
+    assert "(studies: other)" in result.output
 
 
 @pytest.mark.postgres
@@ -539,6 +546,7 @@ def test_the_live_view_shows_the_metric_the_study_monitors() -> None:
     trial.set_user_attr("epochs", [epoch])
     trial.set_user_attr("epoch", 2)
     console = Console(width=200, record=True)
-    console.print(live_view("s", study.get_trials(), 4, "val_loss"))
+    console.print(live_view("s", study.get_trials(), 4, "val_loss", 3))
     text = console.export_text()
-    assert "last val_loss" in text and "1.250" in text and "0.500" not in text
+    assert "val_loss" in text and "1.250" in text and "0.500" not in text
+    assert "2/3" in text  # epoch 2 of 3

@@ -40,7 +40,7 @@ def test_shipped_studies_load(name: str) -> None:
 def test_real_data_experiment_studies_load(path: Path) -> None:
     spec = load_spec(str(path))
     config = spec.resolve(spec.defaults())
-    assert spec.n_trials == 1 and all(len(p.choices) == 1 for p in spec.space)
+    assert spec.study.n_trials == 1 and all(len(p.choices) == 1 for p in spec.space)
     # Every make counts alike: by the loss's class weights or by balanced sampling.
     assert "balanced" in (config.train.class_weights, config.train.sampling)
 

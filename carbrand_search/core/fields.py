@@ -1,7 +1,10 @@
 """Type-checked values for frozen config dataclasses: where raw TOML/CLI values get typed."""
 
+import ast
 import dataclasses
+import inspect
 import math
+import textwrap
 import tomllib
 import types
 import typing
@@ -49,11 +52,35 @@ def _number(value: float | None) -> str:
 
 
 def check_bounds(section: str, config: Any, bounds: Mapping[str, Bound]) -> None:
-    """ValueError naming the first field of `config` outside its bound, and the bound."""
+    """ValueError naming the first field of `config` outside its bound, and the bound; a list
+    field's bound holds for each of its values."""
     for name, bound in bounds.items():
         value = getattr(config, name)
-        if not bound.holds(value):
-            raise ValueError(f"{section}.{name} must be {bound}, got {value!r}")
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(bound.holds(v) for v in values):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ValueError(f"{section}.{name} must be {bound}, got {shown!r}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring: the string written on the line below the field in the class
+    body (the attribute-docstring convention that Sphinx and mkdocstrings read)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 
 def describe(tp: Any) -> str:
@@ -62,7 +89,8 @@ def describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is tuple:
-        return f"a list of {describe(get_args(tp)[0])}"
+        item = get_args(tp)[0]
+        return f"a list of {_PLURALS.get(item, describe(item))}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(a) for a in get_args(tp))
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(

@@ -64,13 +64,16 @@ def bars_png(values: dict[str, float], title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def history_png(numbers: list[int], values: list[float], maximize: bool, path: Path) -> Path:
-    """Objective per trial and the best so far."""
+def history_png(
+    numbers: list[int], values: list[float], maximize: bool, metric: str, path: Path
+) -> Path:
+    """The metric per trial and the best so far."""
     best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.scatter(numbers, values, s=14, label="trial value")
     ax.step(numbers, best, where="post", color="C1", label="best so far")
     ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
     ax.legend()
     return _save(fig, path)
 

@@ -1,8 +1,11 @@
 """Each model family's hyperparameters, typed and range-checked without importing torch or
 timm, so a study file is validated (by `status`, `create`, the dashboard note) for free."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
+
+from carbrand_search.core.fields import Bound, check_bounds
 
 # What a scratch model may weigh: 100 M parameters are 0.4 GB of float32 weights, about 1.6 GB
 # with gradients and AdamW's two moments. `filters = [4096, 4096, 4096]` with 31×31 kernels
@@ -24,30 +27,35 @@ def _refuse_heavy(estimate: int) -> None:
 class SmallCNNParams:
     """Hyperparameters of `small_cnn`: the seed's SmallCarCNN by default; `batch_norm` for _BN."""
 
+    BOUNDS: ClassVar[Mapping[str, Bound]] = {
+        "filters": Bound(1, 4096),
+        "kernel_sizes": Bound(1, 31),
+        "dense_units": Bound(1, 65536),
+        "dropout": Bound(0, 1, high_open=True),
+    }
+
     filters: tuple[int, ...] = (32, 64, 128)
-    kernel_sizes: tuple[int, ...] = (3,)  # per block; the last repeats for further blocks
+    """Width of each conv block, 1 to 8 blocks."""
+    kernel_sizes: tuple[int, ...] = (3,)
+    """Odd kernel side per block; the last repeats for further blocks."""
     dense_units: int = 256
+    """Width of the dense layer before the classifier."""
     dropout: float = 0.3
+    """Dropout before the classifier."""
     batch_norm: bool = False
+    """BatchNorm after every conv (the seed's _BN variant)."""
 
     def __post_init__(self) -> None:
+        check_bounds("model", self, self.BOUNDS)
         if not 1 <= len(self.filters) <= 8:
             raise ValueError(f"model.filters needs 1 to 8 blocks, got {len(self.filters)}")
-        if not all(1 <= f <= 4096 for f in self.filters):
-            raise ValueError(f"model.filters must be in [1, 4096], got {list(self.filters)}")
         if not 1 <= len(self.kernel_sizes) <= len(self.filters):
             raise ValueError(
                 f"model.kernel_sizes needs 1 to {len(self.filters)} entries (one per block, the "
                 f"last repeating), got {list(self.kernel_sizes)}"
             )
-        if not all(1 <= k <= 31 and k % 2 for k in self.kernel_sizes):
-            raise ValueError(
-                f"model.kernel_sizes must be odd and in [1, 31], got {list(self.kernel_sizes)}"
-            )
-        if not 1 <= self.dense_units <= 65536:
-            raise ValueError(f"model.dense_units must be in [1, 65536], got {self.dense_units}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not all(k % 2 for k in self.kernel_sizes):
+            raise ValueError(f"model.kernel_sizes must be odd, got {list(self.kernel_sizes)}")
         _refuse_heavy(self.parameters())
 
     def parameters(self) -> int:
@@ -65,22 +73,38 @@ class SmallCNNParams:
 class ResNetParams:
     """Hyperparameters of `resnet`: stages of residual blocks, their widths, the stem."""
 
+    BOUNDS: ClassVar[Mapping[str, Bound]] = {
+        "layers": Bound(1, 8),
+        "channels": Bound(4, 2048),
+        "stem_width": Bound(4, 256),
+        "drop_rate": Bound(0, 1, high_open=True),
+        "drop_path_rate": Bound(0, 1, high_open=True),
+    }
+
     block: Literal["basic", "bottleneck"] = "basic"
-    layers: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks in each of the 4 stages
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # width of each stage
+    """timm's BasicBlock (two 3×3 convs) or Bottleneck (1×1, 3×3, 1×1 to 4× the width)."""
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    """Residual blocks in each of the 4 stages."""
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Width of each of the 4 stages."""
     stem: Literal["conv7", "deep"] = "conv7"
-    stem_width: int = 32  # deep stem only: 3×3 convs of stem_width, stem_width, 2×stem_width
-    # (timm's 7×7 stem always has 64 channels)
-    # 4 = timm's stride-2 conv plus max-pool; 2 drops the pool, keeping detail in small images
-    # at four times the compute of every stage.
+    """timm's 7×7 stem (always 64 channels) or its deep stem of three 3×3 convs."""
+    stem_width: int = 32
+    """Deep stem only: its convs have stem_width, stem_width and 2 × stem_width channels."""
     stem_stride: Literal[2, 4] = 4
-    attention: Literal["none", "se", "eca"] = "none"  # channel attention in every block
-    drop_rate: float = 0.2  # dropout before the classifier
-    drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this in the last block
+    """4 = timm's stride-2 conv plus max-pool; 2 drops the pool, keeping detail in small images
+    at four times the compute of every stage."""
+    attention: Literal["none", "se", "eca"] = "none"
+    """Channel attention in every block: none, squeeze-and-excitation, or ECA."""
+    drop_rate: float = 0.2
+    """Dropout before the classifier."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth, rising linearly to this in the last block."""
 
     def __post_init__(self) -> None:
+        check_bounds("model", self, self.BOUNDS)
         # timm's ResNet runs exactly four stages (layer1 … layer4).
-        if len(self.layers) != 4 or not all(1 <= n <= 8 for n in self.layers):
+        if len(self.layers) != 4:
             raise ValueError(
                 f"model.layers needs 4 stages of 1 to 8 blocks, got {list(self.layers)}"
             )
@@ -88,13 +112,6 @@ class ResNetParams:
             raise ValueError(
                 f"model.channels needs one width per stage (4), got {list(self.channels)}"
             )
-        if not all(4 <= c <= 2048 for c in self.channels):
-            raise ValueError(f"model.channels must be in [4, 2048], got {list(self.channels)}")
-        if not 4 <= self.stem_width <= 256:
-            raise ValueError(f"model.stem_width must be in [4, 256], got {self.stem_width}")
-        for name in ("drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         _refuse_heavy(self.parameters())
 
     def parameters(self) -> int:
@@ -120,12 +137,16 @@ class ResNetParams:
 
 @dataclass(frozen=True)
 class TimmParams:
-    """Hyperparameters of a timm backbone; `weights` is a local safetensors/state-dict file."""
+    """Hyperparameters of a timm backbone."""
+
+    BOUNDS: ClassVar[Mapping[str, Bound]] = {"drop_rate": Bound(0, 1, high_open=True)}
 
     pretrained: bool = True
+    """Start from ImageNet weights: timm's download, or `weights`."""
     weights: str = ""
+    """A local safetensors or state-dict file of the weights (for machines offline)."""
     drop_rate: float = 0.2
+    """Dropout before the classifier."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        check_bounds("model", self, self.BOUNDS)

@@ -39,6 +39,7 @@ from carbrand_search.search.study import (
     best_trials,
     budget,
     direction,
+    metric_name,
     stored_spec,
     trials,
 )
@@ -95,6 +96,7 @@ class Report:
 
     study: str
     storage: str
+    metric: str  # what the trial values measure
     direction: str
     budget: int
     states: dict[str, int]
@@ -124,6 +126,7 @@ def _study_views(study: optuna.Study, found: list[FrozenTrial], out: Path) -> di
         [t.number for t in done],
         [float(t.value or 0) for t in done],
         direction(study) == "maximize",
+        metric_name(study),
         out / "history.png",
     )
     images["optimization history"] = "history.png"
@@ -241,6 +244,7 @@ def build_report(
         report = Report(
             study=study.study_name,
             storage=storage_label,
+            metric=metric_name(study),
             direction=direction(study),
             budget=budget(study, default=len(found)),
             states=dict(Counter(t.state.name.lower() for t in found)),
@@ -312,12 +316,12 @@ def _summary_lines(report: Report) -> list[str]:
     ]
 
 
-def _trial_lines(t: TrialSection) -> list[str]:
+def _trial_lines(t: TrialSection, metric: str) -> list[str]:
     test = t.test
     pairs = "; ".join(f"{p.true} → {p.predicted} ({p.count})" for p in test.most_confused)
     mirrored = ", each with its mirror image (TTA)" if test.tta else ""
     return [
-        f"Model {t.model}, objective {_fmt(t.value)} (best epoch {t.best_epoch}).",
+        f"Model {t.model}, {metric} {_fmt(t.value)} (best epoch {t.best_epoch}).",
         f"Teacher: {t.teacher or 'none'}.",
         f"Parameters: {', '.join(f'{k}={_fmt(v)}' for k, v in t.params.items())}.",
         f"Test split ({test.images} images{mirrored}): accuracy {test.accuracy:.4f}, "
@@ -353,7 +357,7 @@ def to_markdown(report: Report) -> str:
     out = [f"# Study {esc(report.study)}", "", *map(esc, _summary_lines(report)), ""]
     out += [f"![{esc(name)}]({path})" for name, path in report.images.items()]
     for t in report.trials:
-        out += ["", f"## Trial {t.number}", "", *map(esc, _trial_lines(t)), ""]
+        out += ["", f"## Trial {t.number}", "", *map(esc, _trial_lines(t, report.metric)), ""]
         out += ["| " + " | ".join(PER_CLASS_HEAD) + " |", "|" + "---|" * len(PER_CLASS_HEAD)]
         out += ["| " + " | ".join(map(esc, row)) + " |" for row in _per_class_rows(t)]
         out += ["", *(f"![{esc(name)}]({path})" for name, path in t.images.items())]
@@ -379,7 +383,7 @@ def to_html(report: Report, folder: Path) -> str:
     for t in report.trials:
         body += [
             f"<h2>Trial {t.number}</h2>",
-            *(f"<p>{esc(line)}</p>" for line in _trial_lines(t)),
+            *(f"<p>{esc(line)}</p>" for line in _trial_lines(t, report.metric)),
         ]
         head = "".join(f"<th>{h}</th>" for h in PER_CLASS_HEAD)
         rows = "".join(

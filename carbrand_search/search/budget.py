@@ -5,6 +5,7 @@ from collections.abc import Iterable, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from carbrand_search.core.config import StudyConfig
 from carbrand_search.core.errors import UserError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward the budget
@@ -13,10 +14,9 @@ HELD = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # hold a place in it
 
 def check_budget(n_trials: int | None) -> None:
     """`--n-trials`: None (keep the stored budget) or a budget a study file could give."""
-    from carbrand_search.search.spec import MAX_TRIALS
-
-    if n_trials is not None and not 1 <= n_trials <= MAX_TRIALS:
-        raise UserError(f"--n-trials must be in [1, {MAX_TRIALS}], got {n_trials}")
+    bound = StudyConfig.BOUNDS["n_trials"]
+    if n_trials is not None and not bound.holds(n_trials):
+        raise UserError(f"--n-trials must be {bound}, got {n_trials}")
 
 
 def finished(trials: Iterable[FrozenTrial]) -> int:

@@ -103,7 +103,7 @@ class Objective:
             raise BudgetReached
         device = self.data.train.device
         record.started(trial, self.worker, str(device))
-        saver = ResumeSaver(self.artifacts, trial, self.spec.resume_every_s)
+        saver = ResumeSaver(self.artifacts, trial, self.spec.study.resume_every_s)
         uploads = TrialUploads(self.artifacts, trial)
         try:
             with PeakMemory(device, lambda size: record.peak_memory(trial, size)):

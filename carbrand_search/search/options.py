@@ -38,6 +38,11 @@ class LaunchOptions:
     warm_top: int = 3
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or (self.workers_per_gpu or 1) < 1 or self.warm_top < 1:
-            raise UserError("--workers, --workers-per-gpu and --top must be >= 1")
+        counts = {
+            "--workers": self.workers, "--workers-per-gpu": self.workers_per_gpu,
+            "--top": self.warm_top,
+        }  # fmt: skip
+        for option, value in counts.items():
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be >= 1, got {value}")
         check_budget(self.n_trials)

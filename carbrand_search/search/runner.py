@@ -6,6 +6,7 @@ happens along the way goes to a `RunProgress`, which the CLI draws with rich.
 """
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -20,6 +21,7 @@ from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
 from carbrand_search.search.budget import finished
+from carbrand_search.search.failures import database_unreachable
 from carbrand_search.search.launcher import plan_devices, stop_workers
 from carbrand_search.search.options import LaunchOptions, RunOptions
 from carbrand_search.search.prestart import WaitingWorkers
@@ -148,7 +150,8 @@ def _run_study(
         _warm_start(study, spec, source, launch.warm_top, progress)
     progress.note(
         f"{spec.name}: {total - done} trials to go with {launch.workers} worker(s) on "
-        f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(options.storage)}"
+        f"{', '.join(sorted({d for d, _ in devices}))}; storage {mask(options.storage)}; "
+        f"study file {spec.path}"
     )
     plans = [
         WorkerPlan(spec.name, options, device, threads, launcher=os.getpid())
@@ -237,10 +240,41 @@ def _warm_start(
     progress.note(f"--from {source.study_name}: queued trials {queued} as warm starts")
 
 
-def join_study(name: str, options: RunOptions, threads: int | None = None) -> None:
-    """`worker`: run trials of an existing study in this process until its budget is met.
-    Raises WorkerStopped when its trials keep failing."""
-    open_study(name, options.storage)  # a missing study is a clear error, not a traceback
+WATCH_EVERY_S = 2.0  # how often `worker` looks at the study for its progress lines
+
+
+def join_study(
+    name: str, options: RunOptions, threads: int | None = None, progress: RunProgress | None = None
+) -> None:
+    """`worker`: run trials of an existing study in this process until its budget is met,
+    showing the study's trials to `progress` meanwhile. Raises WorkerStopped when its trials keep
+    failing."""
+    study = open_study(name, options.storage)  # a missing study is a clear error, not a trace
     device = plan_devices(options.device, 1, 1)[0][0]
     plan = WorkerPlan(name, options, device, threads or os.cpu_count() or 1)
-    run_worker(plan)
+    if progress is None:
+        run_worker(plan)
+        return
+    total = budget(study)
+    progress.trials(trials(study), total)  # the first look: what ends from now on is news
+    stop = threading.Event()
+    # Its own reads, beside the worker's: the worker blocks in training for minutes at a time.
+    watcher = threading.Thread(
+        target=lambda: _watch(study, total, progress, stop), name="progress", daemon=True
+    )
+    watcher.start()
+    try:
+        run_worker(plan)
+    finally:
+        stop.set()
+        watcher.join()
+        progress.trials(trials(study), total)
+
+
+def _watch(study: optuna.Study, total: int, progress: RunProgress, stop: threading.Event) -> None:
+    while not stop.wait(WATCH_EVERY_S):
+        try:
+            progress.trials(trials(study), total)
+        except Exception as e:  # the worker itself rides out outages and says so
+            if not database_unreachable(e):
+                raise

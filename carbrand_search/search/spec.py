@@ -19,6 +19,7 @@ from carbrand_search.core.config import (
     PrunerConfig,
     RunConfig,
     SamplerConfig,
+    StudyConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -47,10 +48,7 @@ class StudySpec:
     name: str
     path: Path
     text: str
-    description: str
-    n_trials: int
-    keep_checkpoints: int  # the best K complete trials keep their weights; 0 = every trial
-    resume_every_s: float  # within an epoch, save a resume point this often (also every epoch)
+    study: StudyConfig
     base: RunConfig
     space: tuple[ParamSpec, ...]
     sampler: SamplerConfig
@@ -82,7 +80,6 @@ class StudySpec:
         return with_values(self.base, params)
 
 
-MAX_TRIALS = 1_000_000
 # A study file is stored in the study and served by the dashboard on every request: bounded.
 MAX_STUDY_BYTES = 1_000_000
 MAX_CHOICES = 1_000  # per searched parameter
@@ -97,16 +94,15 @@ SECTIONS = ("data", "model", "train", "distill")
 SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
-def studies_dir() -> Path:
-    """Where study names are looked up: $CARBRAND_STUDIES, ./studies, or the repo's studies/."""
-    if "CARBRAND_STUDIES" in os.environ:
-        return Path(os.environ["CARBRAND_STUDIES"])
-    local = Path("studies")
-    return local if local.is_dir() else SHIPPED_STUDIES
+def study_dirs() -> list[Path]:
+    """Where study names are looked up, in order: $CARBRAND_STUDIES, ./studies, then the
+    repository's studies/ (so a local folder adds studies without hiding the shipped ones)."""
+    dirs = [Path(os.environ["CARBRAND_STUDIES"])] if "CARBRAND_STUDIES" in os.environ else []
+    return [*dirs, Path("studies"), SHIPPED_STUDIES]
 
 
 def available_studies() -> list[str]:
-    return sorted(p.stem for p in studies_dir().glob("*.toml"))
+    return sorted({p.stem for folder in study_dirs() for p in folder.glob("*.toml")})
 
 
 def find_study(name_or_path: str) -> Path:
@@ -116,11 +112,12 @@ def find_study(name_or_path: str) -> Path:
         if not path.is_file():
             raise UserError(f"study file {path} does not exist")
         return path
-    path = studies_dir() / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = ", ".join(available_studies()) or "none"
-        raise UserError(f"unknown study {name_or_path!r} in {studies_dir()} (available: {known})")
-    return path
+    for folder in study_dirs():
+        if (folder / f"{name_or_path}.toml").is_file():
+            return folder / f"{name_or_path}.toml"
+    known = ", ".join(available_studies()) or "none"
+    where = ", ".join(str(d) for d in study_dirs())
+    raise UserError(f"unknown study {name_or_path!r} in {where} (available: {known})")
 
 
 def load_spec(name_or_path: str) -> StudySpec:
@@ -156,22 +153,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise ValueError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(TOP_LEVEL))})")
-    study = dict(raw.get("study", {}))
-    description = coerce(study.pop("description", ""), str, "study.description")
-    n_trials = coerce(study.pop("n_trials", 20), int, "study.n_trials")
-    keep = coerce(study.pop("keep_checkpoints", 5), int, "study.keep_checkpoints")
-    resume_every_s = coerce(study.pop("resume_every_s", 300.0), float, "study.resume_every_s")
-    if study:
-        raise ValueError(
-            f"unknown key study.{sorted(study)[0]} "
-            "(known keys: description, n_trials, keep_checkpoints, resume_every_s)"
-        )
-    if not 0 <= resume_every_s <= 86_400:
-        raise ValueError(f"study.resume_every_s must be in [0, 86400] s, got {resume_every_s}")
-    if not 1 <= n_trials <= MAX_TRIALS:
-        raise ValueError(f"study.n_trials must be in [1, {MAX_TRIALS}], got {n_trials}")
-    if not 0 <= keep <= MAX_TRIALS:
-        raise ValueError(f"study.keep_checkpoints must be in [0, {MAX_TRIALS}], got {keep}")
+    study = build(StudyConfig, raw.get("study", {}), "study")
     model_table = dict(raw.get("model", {}))
     if "name" not in model_table:
         raise ValueError(f"model.name is required (one of {', '.join(sorted(models.REGISTRY))})")
@@ -201,10 +183,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         name=path.stem,
         path=path,
         text=text,
-        description=description,
-        n_trials=n_trials,
-        keep_checkpoints=keep,
-        resume_every_s=resume_every_s,
+        study=study,
         base=base,
         space=space,
         sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),

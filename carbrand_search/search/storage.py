@@ -153,7 +153,8 @@ def open_storage(
     if not (url.startswith("sqlite:///") or url.startswith("postgresql")):
         raise UserError(
             f"storage {mask(url)}: unsupported URL; use sqlite:///FILE, "
-            "postgresql+psycopg://USER:PASSWORD@HOST/DB, journal:///FILE or grpc://HOST:PORT"
+            "postgresql+psycopg://USER@HOST/DB (the password in PGPASSWORD or ~/.pgpass), "
+            "journal:///FILE or grpc://HOST:PORT"
         )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -187,6 +188,20 @@ def open_storage(
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin_immediate)
         storage.engine.dispose()  # later connections are made with the pragmas
     return storage
+
+
+def open_existing(url: str) -> optuna.storages.BaseStorage:
+    """`open_storage` for commands that read a study (status, worker, report …): a SQLite or
+    journal file that is not there is a one-line error, and no empty file is left behind."""
+    for scheme in ("sqlite:///", "journal://"):
+        if url.startswith(scheme):
+            path = Path(url.removeprefix(scheme).split("?", 1)[0])
+            if not path.is_file():
+                raise UserError(
+                    f"storage {url}: {path} does not exist (create a study there with `run` or "
+                    "`create`, or give --storage)"
+                )
+    return open_storage(url)
 
 
 def finds_stale(storage: optuna.storages.BaseStorage) -> bool:

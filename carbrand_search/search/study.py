@@ -17,7 +17,7 @@ from carbrand_search.search import record
 from carbrand_search.search.budget import check_budget
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.samplers import make_sampler
-from carbrand_search.search.storage import mask, open_storage
+from carbrand_search.search.storage import mask, open_existing
 
 if TYPE_CHECKING:
     from carbrand_search.search.spec import StudySpec
@@ -83,8 +83,16 @@ def ensure_study(
     else:
         stored_spec(study)  # the text workers will read must still match that hash
     if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
-        study.set_user_attr(BUDGET_ATTR, spec.n_trials if n_trials is None else n_trials)
+        study.set_user_attr(BUDGET_ATTR, spec.study.n_trials if n_trials is None else n_trials)
+    if study.metric_names is None:  # the dashboard and Optuna's plots then name the metric
+        study.set_metric_names([spec.base.train.monitor])
     return study
+
+
+def metric_name(study: optuna.Study) -> str:
+    """The name of what the study's trial values measure (val_macro_f1 …); "value" for a study
+    that does not say."""
+    return study.metric_names[0] if study.metric_names else "value"
 
 
 def budget(study: optuna.Study, default: int | None = None) -> int:
@@ -162,7 +170,7 @@ def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> 
 
 def open_study(name: str, storage: str) -> optuna.Study:
     """A study that must exist in `storage`; a clear error naming the studies there otherwise."""
-    store = open_storage(storage)
+    store = open_existing(storage)
     try:
         return optuna.load_study(study_name=name, storage=store)
     except KeyError:

@@ -51,7 +51,7 @@ def _unloadable(
 ) -> UserError:
     """Why the checkpoint of `trial` cannot be loaded: removed by `keep_checkpoints`, or gone
     or corrupt."""
-    kept = spec.keep_checkpoints
+    kept = spec.study.keep_checkpoints
     ranked = [t.number for t in best_trials(trials(study), spec.direction)]
     if kept and trial.number in ranked[kept:]:
         return UserError(

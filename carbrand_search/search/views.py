@@ -56,7 +56,7 @@ def dashboard_note(study: optuna.Study, spec: "StudySpec") -> str:
     rules = ", ".join(f"{rule} {n}" for rule, n in tally.by_rule.items()) or "none"
     lines = [
         f"# {spec.name}",
-        spec.description,
+        spec.study.description,
         f"- data: {data.get('given', 'not recorded')} ({data.get('resolved', '')})",
         f"- model: {spec.base.model.name}; {len(spec.space)} searched parameters",
         f"- trials: {finished(found)}/{budget(study, default=len(found))} finished "

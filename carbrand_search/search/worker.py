@@ -104,7 +104,7 @@ def _work(plan: WorkerPlan) -> None:
         options.skip_bad, data.train.device, student=plan.study,
     )  # fmt: skip
     objective = Objective(spec, data, artifacts, total, worker_label(), teacher)
-    keeper = CheckpointKeeper(artifacts, spec.keep_checkpoints, spec.direction)
+    keeper = CheckpointKeeper(artifacts, spec.study.keep_checkpoints, spec.direction)
     # Storages with heartbeats can find a dead worker's trial and queue it again (through a proxy,
     # the proxy does): a worker with nothing to start waits for that instead of leaving.
     waits_for_stale = finds_stale(storage)
