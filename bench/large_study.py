@@ -92,7 +92,7 @@ def fill(study: optuna.Study, spec_n: int, epochs: int, seed: int = 0) -> float:
         record.epoch_started(trial, epochs)
         record.epochs_done(trial, history)
         if i % 3 == 2:
-            record.pruned(trial, {"rule": "one-class", "epoch": epochs, "loss_ratio": 0.99})
+            record.pruned(trial, record.PruneReason("one-class", epochs, {"loss_ratio": 0.99}))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
         best = max(history, key=lambda m: m["val_macro_f1"])

@@ -246,7 +246,7 @@ def reason_text(trial: FrozenTrial) -> str:
     """Why a trial was pruned (rule, epoch, numbers) or failed (kind: cause)."""
     stored = record.read(trial)
     if stored.prune_reason:
-        return ", ".join(f"{k}={short(v)}" for k, v in stored.prune_reason.items())
+        return str(stored.prune_reason)
     if trial.state == TrialState.FAIL:
         kind = stored.failure_kind or KILLED  # no record: its worker died or was stopped
         return f"{kind}: {stored.fail_reason}" if stored.fail_reason else kind
@@ -263,8 +263,8 @@ def history_text(trial: FrozenTrial) -> str:
         parts.append(f"retry of #{stored.retry_of}")
     if stored.resumed_from is not None:
         at = stored.resumed_from
-        batches = f" + {at['batch']} batches" if at["batch"] else ""
-        parts.append(f"resumed after epoch {at['epoch']}{batches}")
+        batches = f" + {at.batch} batches" if at.batch else ""
+        parts.append(f"resumed after epoch {at.epoch}{batches}")
     return ", ".join(p for p in parts if p)
 
 

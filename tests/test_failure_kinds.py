@@ -154,7 +154,7 @@ def test_a_sigkilled_trial_resumes_from_its_last_epoch_and_ends_as_if_never_stop
     assert [t.state for t in found] == [TrialState.FAIL, TrialState.COMPLETE]
     retry = record.read(found[1])
     assert retry.retry_of == 0 and found[1].params == victim.params
-    assert retry.resumed_from == {"trial": 0, "epoch": 2, "batch": 0}
+    assert retry.resumed_from == record.ResumedFrom(trial=0, epoch=2, batch=0)
     assert [int(e["epoch"]) for e in retry.epochs] == [1, 2, 3, 4]
     assert_no_resume_state_left(artifacts, found)
 
@@ -197,7 +197,7 @@ def test_an_infrastructure_failure_is_retried_with_the_same_parameters_from_its_
     assert reason in (failed.fail_reason or "")
     (retry,) = [t for t in found if record.read(t).retry_of == 0]
     assert retry.params == found[0].params and retry.state == TrialState.COMPLETE
-    assert record.read(retry).resumed_from == {"trial": 0, "epoch": 1, "batch": 0}
+    assert record.read(retry).resumed_from == record.ResumedFrom(trial=0, epoch=1, batch=0)
     assert_no_resume_state_left(artifacts, found)
     shown = subprocess.run(
         cli("status", "tiny", "--storage", url, "--artifacts", str(artifacts)),

@@ -86,7 +86,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried(
     # It went on from the last epoch the victim had saved when it was stopped.
     saved = record.read(victim).resume
     assert saved is not None and saved.epoch >= 1
-    expected = {"trial": victim.number, "epoch": saved.epoch, "batch": saved.batch}
+    expected = record.ResumedFrom(victim.number, saved.epoch, saved.batch)
     assert record.read(retries[0]).resumed_from == expected
     assert all(t.state != TrialState.RUNNING for t in found)
     store = open_storage(url)

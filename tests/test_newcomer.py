@@ -125,13 +125,13 @@ def test_collapsed_trials_are_pruned_and_say_why_everywhere(
         assert trial.state == TrialState.PRUNED
         stored = record.read(trial)
         reason = stored.prune_reason
-        assert reason is not None and reason["rule"] in ("one-class", "chance-loss", "diverged")
-        assert reason["epoch"] < 8 and len(stored.epochs) == reason["epoch"]
+        assert reason is not None and reason.rule in ("one-class", "chance-loss", "diverged")
+        assert reason.epoch < 8 and len(stored.epochs) == reason.epoch
         names = sorted(m.filename for m in get_all_artifact_meta(trial, storage=store))
         assert names == ["val-confusion.png", "val-curves.png"]
         tracked = runs[f"trial-{trial.number}"]
         assert tracked.info.status == "KILLED" and tracked.data.tags["optuna.state"] == "PRUNED"
-        assert f'"rule": "{reason["rule"]}"' in tracked.data.tags["prune_reason"]
+        assert f'"rule": "{reason.rule}"' in tracked.data.tags["prune_reason"]
     status = runner.invoke(app, ["status", "tiny", "--storage", url])
     assert status.exit_code == 0 and "rule=" in status.output and "2 pruned" in status.output
     attrs = store.get_study_system_attrs(store.get_study_id_from_name("tiny"))

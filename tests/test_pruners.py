@@ -12,6 +12,7 @@ from carbrand_search.search.pruners import (
     collapse_reason,
     make_pruner,
 )
+from carbrand_search.search.record import PruneReason
 
 CFG = PrunerConfig(warmup_epochs=1, max_top_class_share=0.9, loss_tolerance=0.02, patience=2)
 
@@ -27,20 +28,23 @@ def test_healthy_trial_is_not_pruned() -> None:
 def test_one_class_predictions_prune_after_warmup_only() -> None:
     assert collapse_reason(CFG, [epoch(top=1.0)]) is None  # epoch 1 is warm-up
     reason = collapse_reason(CFG, [epoch(top=1.0), epoch(top=0.95, ratio=0.99)])
-    assert reason == {"rule": "one-class", "epoch": 2, "top_class_share": 0.95, "loss_ratio": 0.99}
+    assert reason == PruneReason("one-class", 2, {"top_class_share": 0.95, "loss_ratio": 0.99})
+    # Stored as one flat table, and read back as it was written.
+    assert PruneReason.from_dict(reason.to_dict()) == reason
+    assert str(reason) == "rule=one-class, epoch=2, top_class_share=0.95, loss_ratio=0.99"
 
 
 def test_loss_at_chance_needs_patience_epochs_after_warmup() -> None:
     assert collapse_reason(CFG, [epoch(ratio=1.0), epoch(ratio=1.01)]) is None  # 1 past warm-up
     reason = collapse_reason(CFG, [epoch(ratio=1.0), epoch(ratio=1.01), epoch(ratio=0.99)])
-    assert reason is not None and reason["rule"] == "chance-loss" and reason["epoch"] == 3
+    assert reason is not None and (reason.rule, reason.epoch) == ("chance-loss", 3)
     assert collapse_reason(CFG, [epoch(), epoch(ratio=1.01), epoch(ratio=0.9)]) is None
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_divergence_prunes_even_in_warmup(bad: float) -> None:
     reason = collapse_reason(CFG, [epoch(loss=bad)])
-    assert reason is not None and reason["rule"] == "diverged" and reason["epoch"] == 1
+    assert reason is not None and (reason.rule, reason.epoch) == ("diverged", 1)
 
 
 def test_collapse_off_still_catches_divergence() -> None:

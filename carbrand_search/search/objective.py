@@ -75,15 +75,15 @@ class TrialListener:
         if math.isfinite(value):
             self.trial.report(value, metrics.epoch)
         if self.trial.should_prune():
-            reason = collapse_reason(self.spec.pruner, self.epochs) or {
-                "rule": self.spec.pruner.optuna,
-                "epoch": metrics.epoch,
-                "loss_ratio": round(metrics.loss_ratio, 4),
-            }
+            reason = collapse_reason(self.spec.pruner, self.epochs) or record.PruneReason(
+                self.spec.pruner.optuna,
+                metrics.epoch,
+                {"loss_ratio": round(metrics.loss_ratio, 4)},
+            )
             record.pruned(self.trial, reason)
             self.on_prune(self.epochs)
             self.tracker.end("PRUNED", reason)
-            raise optuna.TrialPruned(f"{reason['rule']} at epoch {metrics.epoch}")
+            raise optuna.TrialPruned(f"{reason.rule} at epoch {metrics.epoch}")
 
 
 @dataclass

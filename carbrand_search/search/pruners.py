@@ -27,26 +27,27 @@ def collapse_reason(
     last = epochs[-1]
     epoch = len(epochs)
     if not (math.isfinite(last["val_loss"]) and math.isfinite(last["train_loss"])):
-        return {"rule": "diverged", "epoch": epoch, "val_loss": str(last["val_loss"])}
+        return record.PruneReason("diverged", epoch, {"val_loss": str(last["val_loss"])})
     if not cfg.collapse or epoch < cfg.first_prunable_epoch:
         return None
     if last["top_class_share"] > cfg.max_top_class_share:
-        return {
-            "rule": "one-class",
-            "epoch": epoch,
-            "top_class_share": round(last["top_class_share"], 4),
-            "loss_ratio": round(last["loss_ratio"], 4),
-        }
+        return record.PruneReason(
+            "one-class",
+            epoch,
+            {
+                "top_class_share": round(last["top_class_share"], 4),
+                "loss_ratio": round(last["loss_ratio"], 4),
+            },
+        )
     recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
     if len(recent) == cfg.patience and all(
         abs(e["loss_ratio"] - 1.0) <= cfg.loss_tolerance for e in recent
     ):
-        return {
-            "rule": "chance-loss",
-            "epoch": epoch,
-            "loss_ratio": round(last["loss_ratio"], 4),
-            "epochs_at_chance": cfg.patience,
-        }
+        return record.PruneReason(
+            "chance-loss",
+            epoch,
+            {"loss_ratio": round(last["loss_ratio"], 4), "epochs_at_chance": cfg.patience},
+        )
     return None
 
 

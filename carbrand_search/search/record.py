@@ -6,7 +6,7 @@ silently empty column.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
@@ -16,7 +16,6 @@ from optuna.trial import FrozenTrial
 from carbrand_search.core.errors import UserError
 
 EpochRecord = dict[str, float]  # one epoch's metrics, as `EpochMetrics.to_dict()` gives them
-PruneReason = dict[str, Any]  # {"rule": "one-class", "epoch": 4, …}: why a trial was pruned
 
 _WORKER = "worker"  # host:pid of the process running the trial
 _DEVICE = "device"  # where it trains: cpu, cuda:0 …
@@ -36,6 +35,42 @@ _RETRY_OF = "retry_of"  # the trial whose parameters this one runs again (failur
 _SURPLUS = "surplus"  # started after the budget was already held by others
 _WARM_START = "warm_start"  # where an enqueued parameter set came from
 _TEACHER = "teacher"  # the TeacherRef a distilled trial learned from
+
+
+@dataclass(frozen=True)
+class PruneReason:
+    """Why a trial was pruned: the rule, the epoch it stopped at, and what the rule read there
+    (stored as one flat table: {"rule", "epoch", **readings})."""
+
+    rule: str  # one-class, chance-loss, diverged, or the Optuna pruner's name
+    epoch: int
+    readings: dict[str, float | str] = field(default_factory=dict)  # loss_ratio=0.99 …
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "epoch": self.epoch, **self.readings}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> "PruneReason":
+        readings = {k: v for k, v in stored.items() if k not in ("rule", "epoch")}
+        return cls(stored["rule"], stored["epoch"], readings)
+
+    def __str__(self) -> str:
+        """`rule=one-class, epoch=3, top_class_share=1, loss_ratio=1.002`."""
+        numbers = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.readings.items()
+        ]
+        return ", ".join([f"rule={self.rule}", f"epoch={self.epoch}", *numbers])
+
+
+@dataclass(frozen=True)
+class ResumedFrom:
+    """Where a retry took over: trial `trial`'s resume point after `epoch` epochs and `batch`
+    more batches."""
+
+    trial: int
+    epoch: int
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -67,7 +102,7 @@ class TrialRecord:
     device: str | None = None
     peak_memory: int | None = None
     resume: ResumePoint | None = None
-    resumed_from: dict[str, int] | None = None
+    resumed_from: ResumedFrom | None = None
     epoch: int | None = None
     epochs: tuple[EpochRecord, ...] = ()
     checkpoint: str | None = None
@@ -170,19 +205,20 @@ def read(trial: FrozenTrial) -> TrialRecord:
     # retried trials in order; the last one is this trial's direct predecessor.
     retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     resume, teacher = attrs.get(_RESUME), attrs.get(_TEACHER)
+    resumed_from, prune_reason = attrs.get(_RESUMED_FROM), attrs.get(_PRUNE_REASON)
     return TrialRecord(
         worker=attrs.get(_WORKER),
         device=attrs.get(_DEVICE),
         peak_memory=attrs.get(_PEAK_MEMORY),
         resume=ResumePoint(**resume) if resume else None,
-        resumed_from=attrs.get(_RESUMED_FROM),
+        resumed_from=ResumedFrom(**resumed_from) if resumed_from else None,
         epoch=attrs.get(_EPOCH),
         epochs=tuple(attrs.get(_EPOCHS, ())),
         checkpoint=attrs.get(_CHECKPOINT),
         classes=tuple(attrs.get(_CLASSES, ())),
         val=attrs.get(_VAL),
         best_epoch=attrs.get(_BEST_EPOCH),
-        prune_reason=attrs.get(_PRUNE_REASON),
+        prune_reason=PruneReason.from_dict(prune_reason) if prune_reason else None,
         fail_reason=attrs.get(_FAIL_REASON),
         failure_kind=attrs.get(_FAILURE_KIND),
         retry_of=retried[-1] if retried else attrs.get(_RETRY_OF),
@@ -219,7 +255,7 @@ def resume_saved(trial: optuna.Trial, point: ResumePoint | None) -> None:
 
 def resumed(trial: optuna.Trial, of: int, point: ResumePoint) -> None:
     """This trial continues trial `of` from `point`."""
-    trial.set_user_attr(_RESUMED_FROM, {"trial": of, "epoch": point.epoch, "batch": point.batch})
+    trial.set_user_attr(_RESUMED_FROM, asdict(ResumedFrom(of, point.epoch, point.batch)))
 
 
 def peak_memory(trial: optuna.Trial, size: int) -> None:
@@ -235,7 +271,7 @@ def epochs_done(trial: optuna.Trial, history: list[EpochRecord]) -> None:
 
 
 def pruned(trial: optuna.Trial, reason: PruneReason) -> None:
-    trial.set_user_attr(_PRUNE_REASON, reason)
+    trial.set_user_attr(_PRUNE_REASON, reason.to_dict())
 
 
 def failed(trial: optuna.Trial, reason: str, kind: str) -> None:

@@ -5,7 +5,7 @@ against that budget."""
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -128,22 +128,35 @@ class ImageSource:
     skip_bad: bool = False
 
 
+@dataclass(frozen=True)
+class DataLocation:
+    """Where a study's last `run` read its images: the folder as given and resolved, the image
+    cache (None: the default), and whether unreadable images were skipped."""
+
+    given: str
+    resolved: str
+    cache: str | None = None
+    skip_bad: bool = False
+
+
 def remember_data(study: optuna.Study, data: Path, cache: Path | None, skip_bad: bool) -> None:
     """Store where `run` read the images (as given and resolved), so reports need no --data."""
-    study.set_user_attr(
-        DATA_ATTR,
-        {
-            "given": str(data),
-            "resolved": str(data.resolve()),
-            "cache": str(cache) if cache is not None else None,
-            "skip_bad": skip_bad,
-        },
-    )
+    where = DataLocation(str(data), str(data.resolve()), str(cache) if cache else None, skip_bad)
+    study.set_user_attr(DATA_ATTR, asdict(where))
 
 
-def stored_data(study: optuna.Study) -> dict[str, Any]:
-    """Where the study's last `run` read its images ({given, resolved, cache, skip_bad}); {}."""
-    return study.user_attrs.get(DATA_ATTR) or {}
+def stored_data(study: optuna.Study) -> DataLocation | None:
+    """Where the study's last `run` read its images; None for a study that never stored it."""
+    stored = study.user_attrs.get(DATA_ATTR)
+    if not stored:
+        return None
+    try:
+        return DataLocation(**stored)
+    except TypeError:
+        raise UserError(
+            f"study '{study.study_name}': its stored {DATA_ATTR!r} is {stored!r}, expected "
+            "{given, resolved, cache, skip_bad}; it was changed outside carbrand-search"
+        ) from None
 
 
 def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> ImageSource:
@@ -151,20 +164,20 @@ def image_source(study: optuna.Study, data: Path | None, cache: Path | None) -> 
     its last run read them (the resolved path, else the path as given, for another working
     folder or machine); for a study that never stored it, the defaults."""
     stored = stored_data(study)
-    if data is None and stored:
-        candidates = [Path(stored["resolved"]), Path(stored["given"])]
+    if data is None and stored is not None:
+        candidates = [Path(stored.resolved), Path(stored.given)]
         found = next((p for p in candidates if p.is_dir()), None)
         if found is None:
             raise UserError(
-                f"study '{study.study_name}' was run on data folder {stored['given']} "
-                f"({stored['resolved']}), which is not here; pass --data"
+                f"study '{study.study_name}' was run on data folder {stored.given} "
+                f"({stored.resolved}), which is not here; pass --data"
             )
         data = found
-    stored_cache = stored.get("cache") if cache is None else None
+    stored_cache = stored.cache if stored is not None and cache is None else None
     return ImageSource(
         root=data or defaults.DATA,
         cache=cache or (Path(stored_cache) if stored_cache else default_cache_root()),
-        skip_bad=bool(stored.get("skip_bad", False)),
+        skip_bad=stored.skip_bad if stored is not None else False,
     )
 
 

@@ -121,7 +121,7 @@ class TrialTracker:
             self.client.set_tag(self.run_id, "optuna.state", state)
             if reason is not None:
                 key = "prune_reason" if state == "PRUNED" else "fail_reason"
-                text = reason if isinstance(reason, str) else json.dumps(reason)
+                text = reason if isinstance(reason, str) else json.dumps(reason.to_dict())
                 self.client.set_tag(self.run_id, key, text)
             self.client.set_terminated(self.run_id, RUN_STATUS[state])
         if self.writer is not None:

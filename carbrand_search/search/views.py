@@ -31,11 +31,11 @@ class CollapseTally:
 def collapse_tally(found: list[FrozenTrial]) -> CollapseTally:
     """How many trials were pruned, by which rule, at which epoch, with what loss/ln(C)."""
     reasons = [r for t in found if (r := record.read(t).prune_reason) is not None]
-    ratios = [r["loss_ratio"] for r in reasons if isinstance(r.get("loss_ratio"), float)]
+    ratios = [ratio for r in reasons if isinstance(ratio := r.readings.get("loss_ratio"), float)]
     return CollapseTally(
         pruned=sum(t.state == TrialState.PRUNED for t in found),
-        by_rule=dict(Counter(r["rule"] for r in reasons)),
-        epochs=sorted(r["epoch"] for r in reasons),
+        by_rule=dict(Counter(r.rule for r in reasons)),
+        epochs=sorted(r.epoch for r in reasons),
         loss_ratio_mean=round(float(np.mean(ratios)), 4) if ratios else None,
     )
 
@@ -57,7 +57,7 @@ def dashboard_note(study: optuna.Study, spec: "StudySpec") -> str:
     lines = [
         f"# {spec.name}",
         spec.study.description,
-        f"- data: {data.get('given', 'not recorded')} ({data.get('resolved', '')})",
+        f"- data: {data.given} ({data.resolved})" if data else "- data: not recorded",
         f"- model: {spec.base.model.name}; {len(spec.space)} searched parameters",
         f"- trials: {finished(found)}/{budget(study, default=len(found))} finished "
         f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned), "
