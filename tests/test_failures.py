@@ -76,7 +76,7 @@ def test_a_trial_whose_worker_died_reads_as_killed(setup: tuple[optuna.Study, Ob
 def test_a_database_outage_is_recognised_through_optunas_wrappers() -> None:
     import sqlalchemy
 
-    from carbrand_search.search.failures import database_unreachable
+    from carbrand_search.search.storage import database_unreachable
 
     cut = sqlalchemy.exc.OperationalError("COMMIT", {}, ConnectionRefusedError("refused"))
     try:

@@ -10,15 +10,14 @@ at most `RETRIES[kind]` times in a row; a failed trial never counts against the 
 - `bug`: anything else; not retried, and the worker stops at once, with the cause in one line.
 """
 
-import sys
 import traceback
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 
 from carbrand_search.core.errors import first_line
 from carbrand_search.data.imagefolder import BadImage
+from carbrand_search.search.storage import database_unreachable
 
 OOM, STORAGE, DATA, KILLED, BUG = "oom", "storage", "data", "killed", "bug"
 RETRIES = {OOM: 3, STORAGE: 3, KILLED: 3}  # how often the same parameters run again, at most
@@ -45,32 +44,6 @@ def kind_of(error: BaseException) -> str:
         # was told to stop (SIGTERM, Ctrl-C).
         return KILLED
     return BUG
-
-
-def database_unreachable(error: BaseException) -> bool:
-    """Whether `error` comes from the database going away (a restart, cut connections): what
-    workers and `run` wait out. Optuna wraps the driver's error in StorageInternalError, and a
-    tell that fails that way makes Optuna's loop raise an error whose context it is."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-            return True
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
-            return True
-        if _proxy_unavailable(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _proxy_unavailable(error: BaseException) -> bool:
-    """A gRPC storage proxy that does not answer (restarting, or the network is cut)."""
-    grpc = sys.modules.get("grpc")  # loaded only where a proxy is used
-    return (
-        grpc is not None
-        and isinstance(error, grpc.RpcError)
-        and error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-    )
 
 
 def describe(error: BaseException) -> str:

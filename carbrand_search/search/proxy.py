@@ -11,10 +11,10 @@ public counterpart (the servicer and the client's channel):
   answers only calls that carry it; it refuses to listen beyond loopback without one.
 """
 
-import contextlib
 import hmac
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from carbrand_search.core import defaults
 from carbrand_search.core.errors import UserError, first_line
 from carbrand_search.core.network import PORTS, check_port, is_loopback
-from carbrand_search.search.storage import PROXY_SCHEME, mask
+from carbrand_search.search.storage import PROXY_SCHEME, database_unreachable, mask
 
 TOKEN_ENV = "CARBRAND_PROXY_TOKEN"
 BEAT_KEY = "carbrand:heartbeat"  # never stored: the proxy turns it into a heartbeat row
@@ -101,9 +101,16 @@ class BeatingProxyClient(GrpcStorageProxy, BaseHeartbeat):
         self._cache = GrpcClientCache(self._stub)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        # The trial may have ended (or been failed as stale) since the last beat.
-        with contextlib.suppress(UpdateFinishedTrialError):
+        # The trial may have ended (or been failed as stale) since the last beat. A beat the
+        # proxy cannot take (it or its database restarting) is retried at the next: Optuna's
+        # heartbeat thread would end at the first error, and the trial be swept while it runs.
+        try:
             self.set_trial_system_attr(trial_id, BEAT_KEY, True)
+        except UpdateFinishedTrialError:
+            pass
+        except Exception as e:
+            if not database_unreachable(e):
+                raise
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return []
@@ -177,8 +184,6 @@ class _OutageAsUnavailable(grpc.ServerInterceptor):  # type: ignore[misc]
         call = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            from carbrand_search.search.failures import database_unreachable
-
             try:
                 return call(request, context)
             except Exception as e:
@@ -252,18 +257,36 @@ def serve(
         f"{options.heartbeat_s} s"
     )
     stop = stop or threading.Event()
+    # During an outage the workers' heartbeats could not land either: from when the database
+    # answers again, they get a grace period to beat before any trial counts as stale.
+    grace_s = options.heartbeat_s * defaults.GRACE_FACTOR
+    down, held_until = False, 0.0
     try:
         while not stop.wait(options.heartbeat_s):
-            sweep_stale(storage, say)
+            if down:
+                if reachable(storage):
+                    down, held_until = False, time.monotonic() + grace_s
+            elif time.monotonic() >= held_until:
+                down = not sweep_stale(storage, say)
     finally:
         server.stop(grace=2).wait()
 
 
-def sweep_stale(storage: optuna.storages.BaseStorage, say: Callable[[str], None]) -> None:
-    """Fail and re-queue every study's trials whose heartbeat lapsed (Optuna's own rule and
-    retry callback, as a direct worker applies them before each trial)."""
-    from carbrand_search.search.failures import database_unreachable
+def reachable(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the database answers now."""
+    try:
+        storage.get_all_studies()
+    except Exception as e:
+        if not database_unreachable(e):
+            raise
+        return False
+    return True
 
+
+def sweep_stale(storage: optuna.storages.BaseStorage, say: Callable[[str], None]) -> bool:
+    """Fail and re-queue every study's trials whose heartbeat lapsed (Optuna's own rule and
+    retry callback, as a direct worker applies them before each trial); False when the
+    database could not be reached."""
     try:
         for summary in storage.get_all_studies():
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -272,3 +295,5 @@ def sweep_stale(storage: optuna.storages.BaseStorage, say: Callable[[str], None]
         if not database_unreachable(e):
             raise
         say(f"database unreachable ({first_line(e, 160)}); sweeping again later")
+        return False
+    return True

@@ -21,13 +21,12 @@ from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
 from carbrand_search.search.budget import finished
-from carbrand_search.search.failures import database_unreachable
 from carbrand_search.search.launcher import plan_devices, stop_workers
 from carbrand_search.search.options import LaunchOptions, RunOptions
 from carbrand_search.search.prestart import WaitingWorkers
 from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.spec import StudySpec
-from carbrand_search.search.storage import artifact_store, mask
+from carbrand_search.search.storage import artifact_store, database_unreachable, mask
 from carbrand_search.search.study import (
     budget,
     ensure_study,

@@ -6,6 +6,7 @@ for counting trials without loading them."""
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -119,6 +120,45 @@ def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` comes from the database going away (a restart, cut connections): what
+    workers and `run` wait out. Optuna wraps the driver's error in StorageInternalError, and a
+    tell that fails that way makes Optuna's loop raise an error whose context it is."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if _proxy_unavailable(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _proxy_unavailable(error: BaseException) -> bool:
+    """A gRPC storage proxy that does not answer (restarting, or the network is cut)."""
+    grpc = sys.modules.get("grpc")  # loaded only where a proxy is used
+    return (
+        grpc is not None
+        and isinstance(error, grpc.RpcError)
+        and error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    )
+
+
+class _SteadyHeartbeats(RDBStorage):
+    """RDBStorage whose heartbeat survives the database going away. Optuna's heartbeat thread
+    ends at the first error, so after a restart a trial that is still training would send no
+    more heartbeats and be failed as stale while it runs; a missed beat is retried at the next."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as e:
+            if not database_unreachable(e):
+                raise
+
+
 def _created(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> RDBStorage:
     """RDBStorage, which creates Optuna's tables on a fresh database. Processes opening one
     at once (the first `run`s, workers on many machines) race to create them: the losers fail
@@ -126,10 +166,10 @@ def _created(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any])
     again."""
     for attempt in range(1, TABLE_RACE_TRIES):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            return _SteadyHeartbeats(url, engine_kwargs=engine_kwargs, **heartbeat)
         except sqlalchemy.exc.IntegrityError:
             time.sleep(0.5 * attempt)
-    return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    return _SteadyHeartbeats(url, engine_kwargs=engine_kwargs, **heartbeat)
 
 
 def open_storage(

@@ -19,14 +19,19 @@ from carbrand_search.search import record
 from carbrand_search.search.admission import wait_reason
 from carbrand_search.search.budget import finished, places_taken
 from carbrand_search.search.checkpoints import CheckpointKeeper
-from carbrand_search.search.failures import BUG, database_unreachable
+from carbrand_search.search.failures import BUG
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.options import RunOptions
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
 from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.samplers import make_sampler
-from carbrand_search.search.storage import artifact_store, close, finds_stale
+from carbrand_search.search.storage import (
+    artifact_store,
+    close,
+    database_unreachable,
+    finds_stale,
+)
 from carbrand_search.search.study import budget, stored_spec, trials
 from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
