@@ -173,6 +173,13 @@ class RunClock:
         here = finished_now - self.finished_before
         return self.elapsed_s() / here * max(budget - finished_now, 0) if here > 0 else None
 
+    def text(self, finished_now: int, budget: int) -> str:
+        """`; elapsed 3m05s, ETA 12m40s` (no ETA before this run's first finished trial)."""
+        eta = self.eta_s(finished_now, budget)
+        return f"; elapsed {duration_text(self.elapsed_s())}" + (
+            f", ETA {duration_text(eta)}" if eta is not None else ""
+        )
+
 
 def duration_text(seconds: float) -> str:
     """`45s`, `12m05s`, `2h03m`."""
@@ -197,10 +204,7 @@ def live_view(
     (worker, epoch of epochs, last value of the study's metric) and the last finished trials
     (state, value, why pruned or failed). `epochs`: a trial's epochs unless it searches them."""
     title = trials_line(name, trials, budget, monitor)
-    if clock is not None:
-        eta = clock.eta_s(finished(trials), budget)
-        title += f"; elapsed {duration_text(clock.elapsed_s())}"
-        title += f", ETA {duration_text(eta)}" if eta is not None else ""
+    title += clock.text(finished(trials), budget) if clock is not None else ""
     table = Table(title=title, title_justify="left")
     for column in ("trial", "state", "epoch", monitor, "worker or why", "params"):
         table.add_column(column)
@@ -210,7 +214,7 @@ def live_view(
     )[-RECENT:]
     for t in [*(t for _, t in ended), *(t for t in trials if t.state == TrialState.RUNNING)]:
         stored = record.read(t)
-        of = int(t.params.get("train.epochs", epochs))
+        of = trial_epochs(t, epochs)
         if t.state == TrialState.RUNNING:
             shown = f"{stored.epochs[-1][monitor]:.3f}" if stored.epochs else ""
             epoch, why = f"{stored.epoch or 0}/{of}", stored.worker or ""
@@ -234,12 +238,16 @@ def trial_log_line(trial: FrozenTrial, monitor: Metric) -> str:
     )
 
 
+def trial_epochs(trial: FrozenTrial, epochs: int) -> int:
+    """How many epochs `trial` trains: its searched `train.epochs`, else the study's."""
+    return int(trial.params.get("train.epochs", epochs))
+
+
 def running_text(trial: FrozenTrial, monitor: Metric, epochs: int) -> str:
     """A running trial: its epoch of its epochs and the last value of the monitor."""
     stored = record.read(trial)
     last = f", last {monitor} {stored.epochs[-1][monitor]:.4f}" if stored.epochs else ""
-    of = int(trial.params.get("train.epochs", epochs))
-    return f"trial {trial.number} at epoch {stored.epoch or 0}/{of}{last}"
+    return f"trial {trial.number} at epoch {stored.epoch or 0}/{trial_epochs(trial, epochs)}{last}"
 
 
 def reason_text(trial: FrozenTrial) -> str:
@@ -374,10 +382,8 @@ class RichRunProgress:
                 for t in trials
                 if t.state == TrialState.RUNNING
             ]
-            eta = clock.eta_s(finished(trials), budget)
             self.console.print(
                 trials_line(self.name, trials, budget, self.monitor)
-                + f"; elapsed {duration_text(clock.elapsed_s())}"
-                + (f", ETA {duration_text(eta)}" if eta is not None else "")
+                + clock.text(finished(trials), budget)
                 + (f"; {'; '.join(running)}" if running else "")
             )

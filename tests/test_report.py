@@ -95,6 +95,9 @@ def test_report_numbers_match_an_independent_evaluation(
     assert page.count("data:image/png;base64,") >= 5
     assert "<img" in page and 'src="trial-' not in page  # nothing links outside the file
     markdown = (out / "report.md").read_text()
+    # The metric is named, not called "objective" or "value".
+    assert "val\\_macro\\_f1 " in markdown and "objective" not in markdown
+    assert json.loads((out / "report.json").read_text())["metric"] == "val_macro_f1"
     for rel in best["images"].values():
         assert f"]({rel})" in markdown and (out / rel).is_file()
     assert (out / f"trial-{best['number']}" / "confusion.csv").read_text().count("\n") == len(

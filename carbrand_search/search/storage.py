@@ -186,7 +186,8 @@ def open_storage(
 
         return connect(url, heartbeat_s)
     if url.startswith("journal://"):
-        path = Path(url.removeprefix("journal://"))
+        path = storage_file(url)
+        assert path is not None
         if not path.parent.is_dir():
             raise UserError(f"storage {url}: folder {path.parent} does not exist")
         return JournalStorage(JournalFileBackend(str(path)))
@@ -230,17 +231,24 @@ def open_storage(
     return storage
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a SQLite or journal storage URL names (`sqlite:///x.db` is ./x.db, Optuna's
+    `journal:///x.log` is /x.log); None for a server."""
+    for scheme in ("sqlite:///", "journal://"):
+        if url.startswith(scheme):
+            return Path(url.removeprefix(scheme).split("?", 1)[0])
+    return None
+
+
 def open_existing(url: str) -> optuna.storages.BaseStorage:
     """`open_storage` for commands that read a study (status, worker, report …): a SQLite or
     journal file that is not there is a one-line error, and no empty file is left behind."""
-    for scheme in ("sqlite:///", "journal://"):
-        if url.startswith(scheme):
-            path = Path(url.removeprefix(scheme).split("?", 1)[0])
-            if not path.is_file():
-                raise UserError(
-                    f"storage {url}: {path} does not exist (create a study there with `run` or "
-                    "`create`, or give --storage)"
-                )
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise UserError(
+            f"storage {url}: {path} does not exist (create a study there with `run` or "
+            "`create`, or give --storage)"
+        )
     return open_storage(url)
 
 
