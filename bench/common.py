@@ -6,17 +6,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.data.demo import DemoSpec, write_demo
 from carbrand_search.data.imagefolder import scan
 from carbrand_search.search import record
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import open_storage
-from carbrand_search.training.run import load_split
+from carbrand_search.training.parts import load_split
 
 
 def machine() -> str:
@@ -187,10 +189,12 @@ def timed_run(
     }
 
 
-def collapsed(epochs: list[dict]) -> bool:
+def collapsed(epochs: Sequence[EpochMetrics]) -> bool:
     """Whether a trial's last epoch shows collapse (one class, or loss at chance)."""
-    last = epochs[-1] if epochs else None
-    return bool(last) and (last["top_class_share"] > 0.9 or abs(last["loss_ratio"] - 1) <= 0.02)
+    if not epochs:
+        return False
+    last = epochs[-1]
+    return last.top_class_share > 0.9 or abs(last.loss_ratio - 1) <= 0.02
 
 
 def write_json(path: Path, payload: dict) -> None:

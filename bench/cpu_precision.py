@@ -23,9 +23,9 @@ from common import machine, write_json
 from carbrand_search import models
 from carbrand_search.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from carbrand_search.models.params import ResNetParams
-from carbrand_search.training.fit import train_step
+from carbrand_search.training.fit import fit, train_step
+from carbrand_search.training.parts import load_training_data, new_model
 from carbrand_search.training.precision import Precision
-from carbrand_search.training.run import fit_config, load_training_data, new_model
 
 PRECISIONS = {
     "fp32": Precision(),
@@ -109,7 +109,7 @@ def curve(data: Path, px: int, epochs: int, bf16: bool) -> dict:
     training = load_training_data(data, config.data, cache, torch.device("cpu"))
     model = new_model(config, len(training.tree.classes))
     start = time.perf_counter()
-    result = fit_config(model, config, training)
+    result = fit(model, training, config)
     history = [
         {
             "epoch": m.epoch,

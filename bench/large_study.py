@@ -33,6 +33,7 @@ from common import machine, write_json
 from optuna_dashboard import wsgi
 from rich.console import Console
 
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.progress import live_view, status_table, study_line
 from carbrand_search.reports.report import _study_views
 from carbrand_search.search import record, space
@@ -67,14 +68,14 @@ name = "random"
 CLASSES = tuple(f"Brand {i}" for i in range(30))
 
 
-def epoch_record(epoch: int, rng: np.random.Generator) -> dict[str, float]:
+def epoch_record(epoch: int, rng: np.random.Generator) -> EpochMetrics:
     accuracy = float(rng.uniform(0.03, 0.4))
-    return {
-        "epoch": epoch, "train_loss": float(rng.uniform(2, 3.4)),
-        "val_loss": float(rng.uniform(2, 3.4)), "val_accuracy": accuracy,
-        "val_macro_f1": accuracy * 0.9, "top_class_share": float(rng.uniform(0.05, 1)),
-        "loss_ratio": float(rng.uniform(0.6, 1.0)), "lr": 1e-3, "seconds": 12.5,
-    }  # fmt: skip
+    return EpochMetrics(
+        epoch=epoch, train_loss=float(rng.uniform(2, 3.4)),
+        val_loss=float(rng.uniform(2, 3.4)), val_accuracy=accuracy,
+        val_macro_f1=accuracy * 0.9, top_class_share=float(rng.uniform(0.05, 1)),
+        loss_ratio=float(rng.uniform(0.6, 1.0)), lr=1e-3, seconds=12.5,
+    )  # fmt: skip
 
 
 def fill(study: optuna.Study, spec_n: int, epochs: int, seed: int = 0) -> float:
@@ -88,19 +89,19 @@ def fill(study: optuna.Study, spec_n: int, epochs: int, seed: int = 0) -> float:
         history = [epoch_record(e, rng) for e in range(1, epochs + 1)]
         record.started(trial, f"bench-host:{1000 + i % 8}", f"cuda:{i % 8}")
         for m in history:
-            trial.report(m["val_macro_f1"], int(m["epoch"]))
+            trial.report(m.val_macro_f1, m.epoch)
         record.epoch_started(trial, epochs)
         record.epochs_done(trial, history)
         if i % 3 == 2:
             record.pruned(trial, record.PruneReason("one-class", epochs, {"loss_ratio": 0.99}))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        best = max(history, key=lambda m: m["val_macro_f1"])
+        best = max(history, key=lambda m: m.val_macro_f1)
         record.completed(
-            trial, checkpoint=str(uuid.uuid4()), best_epoch=int(best["epoch"]), val=best,
+            trial, checkpoint=str(uuid.uuid4()), best_epoch=best.epoch, val=best,
             classes=CLASSES,
         )  # fmt: skip
-        study.tell(trial, best["val_macro_f1"])
+        study.tell(trial, best.val_macro_f1)
     return time.perf_counter() - start
 
 

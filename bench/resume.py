@@ -24,7 +24,7 @@ from carbrand_search import models
 from carbrand_search.core.config import TrainConfig
 from carbrand_search.search.resume import ResumeSaver
 from carbrand_search.search.storage import artifact_store
-from carbrand_search.training.fit import LRSchedule, make_optimizer
+from carbrand_search.training.optim import LRSchedule, make_optimizer
 from carbrand_search.training.state import FitState, capture_rng
 
 CLASSES = 30
@@ -47,7 +47,7 @@ def state_after_steps(name: str, size: int, batch: int) -> tuple[FitState, float
     model = models.create(name, CLASSES, **offline)
     cfg = TrainConfig(optimizer="adamw", scheduler="cosine", epochs=10)
     optimizer = make_optimizer(model, cfg)
-    schedule = LRSchedule(optimizer, cfg, steps_per_epoch=100)
+    schedule = LRSchedule.create(optimizer, cfg, steps_per_epoch=100)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, CLASSES, (batch,))
     for _ in range(2):  # the second step is timed: the first pays for allocations
         start = time.perf_counter()

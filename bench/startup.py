@@ -33,7 +33,7 @@ def build_code(model: str) -> str:
     return (
         f"import {WORKER_MODULE}\nfrom carbrand_search import models\n"
         "from carbrand_search.core.config import TrainConfig\n"
-        "from carbrand_search.training.fit import make_optimizer\n"
+        "from carbrand_search.training.optim import make_optimizer\n"
         f"make_optimizer(models.create({model!r}, 4, {params}), TrainConfig())"
     )
 

@@ -316,12 +316,9 @@ def train(
     from carbrand_search.progress import CacheProgress, RichTrainListener
     from carbrand_search.search.spec import apply_overrides, load_spec
     from carbrand_search.training.device import resolve_device
-    from carbrand_search.training.run import (
-        load_training_data,
-        prepare_out_dir,
-        save_run,
-        train_config,
-    )
+    from carbrand_search.training.fit import fit
+    from carbrand_search.training.outputs import prepare_out_dir, save_run
+    from carbrand_search.training.parts import load_training_data, new_model
 
     spec = load_spec(study)
     config = apply_overrides(spec.resolve(spec.defaults()), overrides or [])
@@ -347,7 +344,7 @@ def train(
     if clutter := loaded.tree.clutter_line():
         console.print(clutter)
     listener = RichTrainListener(console, config.train.monitor)
-    _, result = train_config(config, loaded, listener)
+    result = fit(new_model(config, len(loaded.tree.classes)), loaded, config, listener)
     save_run(out, spec.text, config, loaded.tree.classes, result)
     best = result.best
     console.print(

@@ -216,7 +216,7 @@ def live_view(
         stored = record.read(t)
         of = trial_epochs(t, epochs)
         if t.state == TrialState.RUNNING:
-            shown = f"{stored.epochs[-1][monitor]:.3f}" if stored.epochs else ""
+            shown = f"{stored.epochs[-1].value(monitor):.3f}" if stored.epochs else ""
             epoch, why = f"{stored.epoch or 0}/{of}", stored.worker or ""
         else:
             shown = f"{t.value:.3f}" if t.value is not None else ""
@@ -246,7 +246,7 @@ def trial_epochs(trial: FrozenTrial, epochs: int) -> int:
 def running_text(trial: FrozenTrial, monitor: Metric, epochs: int) -> str:
     """A running trial: its epoch of its epochs and the last value of the monitor."""
     stored = record.read(trial)
-    last = f", last {monitor} {stored.epochs[-1][monitor]:.4f}" if stored.epochs else ""
+    last = f", last {monitor} {stored.epochs[-1].value(monitor):.4f}" if stored.epochs else ""
     return f"trial {trial.number} at epoch {stored.epoch or 0}/{trial_epochs(trial, epochs)}{last}"
 
 

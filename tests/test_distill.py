@@ -35,8 +35,8 @@ from carbrand_search.training.distill import (
     teacher_logits,
 )
 from carbrand_search.training.fit import predict
+from carbrand_search.training.parts import augment_for, precision_for
 from carbrand_search.training.precision import Precision
-from carbrand_search.training.run import augment_for, precision_for
 
 runner = CliRunner()
 CPU = torch.device("cpu")

@@ -5,6 +5,7 @@ every retry, and a retry that resumes where the failed trial stopped."""
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ def test_a_sigkilled_trial_resumes_from_its_last_epoch_and_ends_as_if_never_stop
     retry = record.read(found[1])
     assert retry.retry_of == 0 and found[1].params == victim.params
     assert retry.resumed_from == record.ResumedFrom(trial=0, epoch=2, batch=0)
-    assert [int(e["epoch"]) for e in retry.epochs] == [1, 2, 3, 4]
+    assert [e.epoch for e in retry.epochs] == [1, 2, 3, 4]
     assert_no_resume_state_left(artifacts, found)
 
     # The same study, never interrupted: the same weights, bit for bit.
@@ -167,10 +168,8 @@ def test_a_sigkilled_trial_resumes_from_its_last_epoch_and_ends_as_if_never_stop
     assert whole.returncode == 0, whole.stdout + whole.stderr
     (reference,) = trials_of(reference_url)
     assert reference.params == victim.params
-    untimed = [{k: v for k, v in e.items() if k != "seconds"} for e in retry.epochs]
-    assert [
-        {k: v for k, v in e.items() if k != "seconds"} for e in record.read(reference).epochs
-    ] == untimed
+    untimed = [replace(e, seconds=0.0) for e in retry.epochs]
+    assert [replace(e, seconds=0.0) for e in record.read(reference).epochs] == untimed
     expected, resumed = weights(reference_artifacts, reference), weights(artifacts, found[1])
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)

@@ -18,7 +18,7 @@ from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import ensure_study
 from carbrand_search.search.worker import FailureGuard, WorkerStopped
-from carbrand_search.training.run import load_training_data
+from carbrand_search.training.parts import load_training_data
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_out_of_memory_queues_the_same_parameters_a_bounded_number_of_times(
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(objective_module, "fit_config", out_of_memory)
+    monkeypatch.setattr(objective_module, "fit", out_of_memory)
     guard = FailureGuard(limit=100)
     for _ in range(RETRIES["oom"] + 1):
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[guard])

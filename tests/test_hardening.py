@@ -290,6 +290,7 @@ def test_links_in_the_artifact_store_never_reach_outside_it(tmp_path: Path) -> N
     ("key", "value"),
     [
         ("epochs", "not a list"),
+        ("val", {"val_accuracy": 0.5}),  # a metric table with one of its numbers
         ("prune_reason", {"rule": "one-class"}),  # no epoch
         ("resume", {"artifact": "a", "epoch": 1, "batch": 0, "extra": 1}),
         ("teacher", {"study": "t", "trial": "zero", "weights_sha256": "ab"}),

@@ -12,6 +12,7 @@ from conftest import Done, cli, write_study, write_tree
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
+from test_pruners import epoch_metrics
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
@@ -163,7 +164,7 @@ def test_trials_are_tracked_in_mlflow_and_tensorboard(demo_root: Path, tmp_path:
         assert found.data.params["train.lr"] == str(trial.params["train.lr"])
         history = client.get_metric_history(found.info.run_id, "val_macro_f1")
         assert [m.step for m in history] == [1, 2]
-        values = [e["val_macro_f1"] for e in record.read(trial).epochs]
+        values = [e.val_macro_f1 for e in record.read(trial).epochs]
         assert [m.value for m in history] == pytest.approx(values)
         pictures = {a.path for a in client.list_artifacts(found.info.run_id)}
         assert pictures == {"val-curves.png", "val-confusion.png"}
@@ -333,7 +334,9 @@ def test_the_live_view_shows_time_epochs_and_why_trials_were_pruned() -> None:
 
     study = optuna.create_study(direction="maximize")
     pruned = study.ask()
-    pruned.set_user_attr("epochs", [{"val_macro_f1": 0.02}, {"val_macro_f1": 0.03}])
+    pruned.set_user_attr(
+        "epochs", [epoch_metrics(epoch=e, val_macro_f1=e / 100 + 0.01).to_dict() for e in (1, 2)]
+    )
     pruned.set_user_attr("prune_reason", {"rule": "one-class", "epoch": 2})
     study.tell(pruned, state=TrialState.PRUNED)
     done = study.ask()

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from carbrand_search.core.config import PrunerConfig
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.search import record
 from carbrand_search.search.pruners import (
     CollapsePruner,
@@ -17,8 +18,14 @@ from carbrand_search.search.record import PruneReason
 CFG = PrunerConfig(warmup_epochs=1, max_top_class_share=0.9, loss_tolerance=0.02, patience=2)
 
 
-def epoch(top: float = 0.2, ratio: float = 0.7, loss: float = 1.0) -> dict[str, float]:
-    return {"top_class_share": top, "loss_ratio": ratio, "val_loss": loss, "train_loss": loss}
+def epoch_metrics(**values: float) -> EpochMetrics:
+    """One epoch's metrics: `values`, and 0 (epoch 1) for every other field."""
+    fields = dict.fromkeys(EpochMetrics.__dataclass_fields__, 0.0) | {"epoch": 1}
+    return EpochMetrics(**(fields | values))  # type: ignore[arg-type]
+
+
+def epoch(top: float = 0.2, ratio: float = 0.7, loss: float = 1.0) -> EpochMetrics:
+    return epoch_metrics(top_class_share=top, loss_ratio=ratio, val_loss=loss, train_loss=loss)
 
 
 def test_healthy_trial_is_not_pruned() -> None:
@@ -53,7 +60,7 @@ def test_collapse_off_still_catches_divergence() -> None:
     assert collapse_reason(off, [epoch(loss=math.nan)]) is not None
 
 
-def _trial_with(study: optuna.Study, epochs: list[dict[str, float]], value: float) -> optuna.Trial:
+def _trial_with(study: optuna.Study, epochs: list[EpochMetrics], value: float) -> optuna.Trial:
     trial = study.ask()
     record.epochs_done(trial, epochs)
     for step in range(1, len(epochs) + 1):

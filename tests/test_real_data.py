@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.search.spec import apply_overrides, load_spec
 from carbrand_search.training.fit import predict
-from carbrand_search.training.run import (
+from carbrand_search.training.parts import (
     augment_for,
     build_model,
     load_training_data,

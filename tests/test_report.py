@@ -29,7 +29,7 @@ from carbrand_search.search import record, space
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import stored_spec
 from carbrand_search.search.trained import load_trial_model
-from carbrand_search.training.run import augment_for, build_model
+from carbrand_search.training.parts import augment_for, build_model
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium")

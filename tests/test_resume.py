@@ -18,7 +18,8 @@ from carbrand_search.search.resume import sweep
 from carbrand_search.search.retry import queue_retry
 from carbrand_search.search.storage import artifact_store
 from carbrand_search.search.study import trials
-from carbrand_search.training.run import fit_config, load_training_data, new_model
+from carbrand_search.training.fit import fit
+from carbrand_search.training.parts import load_training_data, new_model
 from carbrand_search.training.state import FitState
 
 
@@ -51,7 +52,7 @@ def test_resumed_fit_ends_exactly_like_the_uninterrupted_one(
     config = small_config("train.epochs=3", "train.batch_size=64", *overrides)
     data = load_training_data(demo_root, config.data, tmp_path / "cache", torch.device("cpu"))
     saved = KeepAll()
-    whole = fit_config(new_model(config, 6), config, data, checkpointer=saved)
+    whole = fit(new_model(config, 6), data, config, checkpointer=saved)
     positions = [(s.epoch, s.batch) for s in saved.states]
     steps = data.train.num_batches(64)
     assert positions == [(e, b) for e in range(3) for b in range(steps) if (e, b) != (0, 0)]
@@ -59,7 +60,7 @@ def test_resumed_fit_ends_exactly_like_the_uninterrupted_one(
     boundary = next(s for s in saved.states if s.epoch == 2 and s.batch == 0)
     for state in (mid_epoch, boundary):
         model = new_model(replace(config, train=replace(config.train, seed=99)), 6)
-        resumed = fit_config(model, config, data, resume=state)
+        resumed = fit(model, data, config, resume=state)
         assert [replace(m, seconds=0) for m in resumed.history] == [
             replace(m, seconds=0) for m in whole.history
         ]

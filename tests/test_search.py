@@ -28,6 +28,7 @@ from conftest import (
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
+from test_pruners import epoch_metrics
 from typer.testing import CliRunner
 
 from carbrand_search.cli import app
@@ -42,7 +43,7 @@ from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import stored_spec
 from carbrand_search.training.device import resolve_device
-from carbrand_search.training.run import build_model
+from carbrand_search.training.parts import build_model
 
 runner = CliRunner()
 
@@ -114,7 +115,7 @@ def test_best_trial_rebuilds_from_stored_params_and_checkpoint(done: Done, tmp_p
         file_path=str(weights),
     )
     model.load_state_dict(load_file(str(weights)))
-    assert stored.val["val_macro_f1"] == pytest.approx(best.value)
+    assert stored.val is not None and stored.val.val_macro_f1 == pytest.approx(best.value)
     assert len(best.intermediate_values) == spec.base.train.epochs == 6
 
 
@@ -542,8 +543,8 @@ def test_the_live_view_shows_the_metric_the_study_monitors() -> None:
 
     study = optuna.create_study()
     trial = study.ask()
-    epoch = {"val_loss": 1.25, "val_macro_f1": 0.5, "val_accuracy": 0.75}
-    trial.set_user_attr("epochs", [epoch])
+    epoch = epoch_metrics(val_loss=1.25, val_macro_f1=0.5, val_accuracy=0.75)
+    trial.set_user_attr("epochs", [epoch.to_dict()])
     trial.set_user_attr("epoch", 2)
     console = Console(width=200, record=True)
     console.print(live_view("s", study.get_trials(), 4, "val_loss", 3))

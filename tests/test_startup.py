@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import carbrand_search.search.worker
 from carbrand_search.search.spec import load_spec
-from carbrand_search.training.run import augment_for, load_training_data, new_model
+from carbrand_search.training.parts import augment_for, load_training_data, new_model
 config = load_spec({str(study)!r}).base
 data = load_training_data(Path({str(data)!r}), config.data, Path({str(cache)!r}), torch.device("cpu"))
 new_model(config, len(data.tree.classes))

@@ -13,19 +13,18 @@ from typer.testing import CliRunner
 
 from carbrand_search.cli import app
 from carbrand_search.core.config import DataConfig, RunConfig, TrainConfig
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.search.spec import apply_overrides, load_spec
-from carbrand_search.training.fit import (
-    EpochMetrics,
-    LRSchedule,
-    balanced_weights,
-    fit,
-    make_mixup,
-    make_optimizer,
-    val_metrics,
+from carbrand_search.training.fit import FitResult, balanced_weights, fit, make_mixup, val_metrics
+from carbrand_search.training.optim import WARMUP_START, LRSchedule, lr_factor, make_optimizer
+from carbrand_search.training.parts import (
+    TrainingData,
+    build_model,
+    load_training_data,
+    new_model,
 )
-from carbrand_search.training.run import augment_for, build_model, load_training_data, train_config
 
 runner = CliRunner()
 SMALL = [
@@ -34,6 +33,12 @@ SMALL = [
     "model.batch_norm=true",
     "train.batch_size=16",
 ]
+
+
+def train_config(config: RunConfig, data: TrainingData) -> tuple[torch.nn.Module, FitResult]:
+    """A seeded model for `config`, fitted on `data`."""
+    model = new_model(config, len(data.tree.classes))
+    return model, fit(model, data, config)
 
 
 def small_config(*overrides: str) -> RunConfig:
@@ -148,7 +153,7 @@ def test_warmup_raises_the_lr_to_the_base_rate(scheduler: str) -> None:
     cfg = TrainConfig(epochs=3, warmup_epochs=1, scheduler=scheduler, lr=base)  # type: ignore[arg-type]
     model = torch.nn.Linear(4, 2)
     optimizer = make_optimizer(model, cfg)
-    schedule = LRSchedule(optimizer, cfg, steps_per_epoch=steps)
+    schedule = LRSchedule.create(optimizer, cfg, steps_per_epoch=steps)
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(3 * steps - 1):
         optimizer.step()
@@ -162,6 +167,46 @@ def test_warmup_raises_the_lr_to_the_base_rate(scheduler: str) -> None:
         assert lrs[-1] < base / 2
     else:
         assert lrs[steps:] == pytest.approx([base] * (2 * steps))
+
+
+def test_warmup_and_cosine_are_one_pure_function_of_the_step() -> None:
+    """1% of the base rate at step 0, linear to the base rate at the warm-up's end, then half a
+    cosine to 0 at the last step; without cosine it holds the base rate."""
+    assert lr_factor(0, 10, 30, cosine=True) == pytest.approx(WARMUP_START)
+    assert lr_factor(5, 10, 30, cosine=True) == pytest.approx(
+        WARMUP_START + (1 - WARMUP_START) / 2
+    )
+    assert lr_factor(10, 10, 30, cosine=True) == 1.0
+    assert lr_factor(20, 10, 30, cosine=True) == pytest.approx(0.5)
+    assert lr_factor(30, 10, 30, cosine=True) == pytest.approx(0.0)
+    assert lr_factor(25, 10, 30, cosine=False) == 1.0
+    assert lr_factor(0, 0, 30, cosine=True) == 1.0  # no warm-up: the cosine starts at the top
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "plateau"])
+def test_a_schedule_restored_from_its_state_goes_on_as_the_original(scheduler: str) -> None:
+    cfg = TrainConfig(epochs=3, warmup_epochs=1, scheduler=scheduler, lr=0.01)  # type: ignore[arg-type]
+
+    def built() -> tuple[torch.optim.Optimizer, LRSchedule]:
+        optimizer = make_optimizer(torch.nn.Linear(4, 2), cfg)
+        return optimizer, LRSchedule.create(optimizer, cfg, steps_per_epoch=10)
+
+    (first, original), (second, restored) = built(), built()
+    for _ in range(13):
+        first.step()
+        original.after_batch()
+    original.after_epoch(0.5)
+    restored.load_state_dict(original.state_dict())
+    second.load_state_dict(first.state_dict())
+    lrs: tuple[list[float], list[float]] = ([], [])
+    for _ in range(10):
+        for optimizer, schedule, out in ((first, original, lrs[0]), (second, restored, lrs[1])):
+            optimizer.step()
+            schedule.after_batch()
+            out.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == lrs[1]
+    if scheduler != "plateau":  # plateau holds the rate between epochs
+        assert len(set(lrs[0])) == len(lrs[0])
 
 
 @pytest.mark.slow
@@ -199,7 +244,7 @@ def test_freeze_epochs_train_only_the_head(demo_root: Path, tmp_path: Path) -> N
             snapshots.append({k: v.clone() for k, v in self.model.state_dict().items()})
 
     model = build_model(config, len(data.tree.classes))
-    fit(model, data.train, data.val, augment_for(config), config.train, 6, Snapshot(model))
+    fit(model, data, config, Snapshot(model))
     before, after_frozen, after_unfrozen = snapshots
     conv, head = "features.0.conv.weight", "head.5.weight"
     assert torch.equal(before[conv], after_frozen[conv])
@@ -222,7 +267,7 @@ def test_train_loss_is_the_mean_of_batch_losses(demo_root: Path, tmp_path: Path)
         def epoch_end(self, metrics: EpochMetrics) -> None: ...
 
     model = build_model(config, len(data.tree.classes))
-    result = fit(model, data.train, data.val, augment_for(config), config.train, 6, Record())
+    result = fit(model, data, config, Record())
     sizes = [len(b[1]) for b in data.train.batches(config.train.batch_size) if len(b[1]) > 1]
     assert len(losses) == len(sizes) > 1
     expected = sum(float(loss) * n for loss, n in zip(losses, sizes, strict=True)) / sum(sizes)
@@ -290,7 +335,7 @@ def test_frozen_batchnorm_keeps_its_running_statistics(demo_root: Path, tmp_path
         def epoch_end(self, metrics: EpochMetrics) -> None:
             stats.append(model.features[0].norm.running_mean.clone())
 
-    fit(model, data.train, data.val, augment_for(config), config.train, 6, Stats())
+    fit(model, data, config, Stats())
     before, after_frozen, after_unfrozen = stats
     assert torch.equal(before, after_frozen)  # eval mode while frozen
     assert not torch.equal(after_frozen, after_unfrozen)  # train mode again after

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
+from carbrand_search.core.metric import EpochMetrics
+
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
@@ -37,17 +39,17 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def curves_png(history: Sequence[dict[str, float]], path: Path) -> Path:
+def curves_png(history: Sequence[EpochMetrics], path: Path) -> Path:
     """Loss and accuracy/macro-F1 per epoch."""
-    epochs = [h["epoch"] for h in history]
+    epochs = [h.epoch for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    left.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    left.plot(epochs, [h.train_loss for h in history], label="train loss")
+    left.plot(epochs, [h.val_loss for h in history], label="val loss")
     left.set_xlabel("epoch")
     left.legend()
-    right.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy")
-    right.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1")
-    right.plot(epochs, [h["top_class_share"] for h in history], "--", label="top-class share")
+    right.plot(epochs, [h.val_accuracy for h in history], label="val accuracy")
+    right.plot(epochs, [h.val_macro_f1 for h in history], label="val macro-F1")
+    right.plot(epochs, [h.top_class_share for h in history], "--", label="top-class share")
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
     right.legend()

@@ -35,13 +35,12 @@ def compare_rows(
         ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad, tta=tta)
         found = trials(study)
         stored = record.read(best)
-        val = stored.val or {}
         rows.append(
             {
                 "study": study.study_name,
                 "model": tm.config.model.name,
                 "teacher": str(stored.teacher) if stored.teacher else "none",
-                "val acc": round(float(val.get("val_accuracy", 0.0)), 4),
+                "val acc": round(stored.val.val_accuracy, 4) if stored.val else 0.0,
                 "test acc": round(ev.accuracy, 4),
                 "macro-F1": round(ev.macro_f1, 4),
                 "top make share": round(ev.verdict().top_predicted_share, 4),

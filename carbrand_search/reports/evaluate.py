@@ -13,7 +13,7 @@ from carbrand_search.data.imagefolder import scan
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.search.trained import TrialModel
 from carbrand_search.training.fit import predict
-from carbrand_search.training.run import augment_for, precision_for
+from carbrand_search.training.parts import augment_for, precision_for
 
 COLLAPSE_SHARE = 0.5  # one brand taking half the predictions is a collapse at any class count
 

@@ -15,7 +15,7 @@ from carbrand_search.reports.gradcam import overlays
 from carbrand_search.reports.report import ranked_trials
 from carbrand_search.search.study import trials
 from carbrand_search.search.trained import TrialModel
-from carbrand_search.training.run import augment_for
+from carbrand_search.training.parts import augment_for
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:

@@ -45,7 +45,7 @@ from carbrand_search.search.study import (
 )
 from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.search.views import CollapseTally, collapse_tally
-from carbrand_search.training.run import augment_for
+from carbrand_search.training.parts import augment_for
 
 CAM_SAMPLES = 8  # correct and wrong test images each in the Grad-CAM grid
 # What a report puts at the top of its folder: the only entries `--force` may replace.
@@ -197,7 +197,7 @@ def _trial_section(
         model=tm.config.model.name,
         teacher=stored.teacher,
         params=params,
-        val=stored.val or {},
+        val=stored.val.to_dict() if stored.val else {},
         best_epoch=stored.best_epoch,
         test=TestSection(
             images=len(ev.labels),

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from carbrand_search.core.config import RunConfig
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.search import record, space
 from carbrand_search.search.budget import is_surplus
 from carbrand_search.search.failures import describe, kind_of
@@ -25,14 +26,8 @@ from carbrand_search.search.tracking import TrialTracker
 from carbrand_search.search.uploads import TrialUploads
 from carbrand_search.training.device import PeakMemory
 from carbrand_search.training.distill import Teaching
-from carbrand_search.training.fit import EpochMetrics, predict
-from carbrand_search.training.run import (
-    TrainingData,
-    augment_for,
-    fit_config,
-    new_model,
-    precision_for,
-)
+from carbrand_search.training.fit import fit, predict
+from carbrand_search.training.parts import TrainingData, augment_for, new_model, precision_for
 from carbrand_search.training.state import FitState
 
 
@@ -48,18 +43,18 @@ class TrialListener:
     spec: StudySpec
     # Uploads the evidence (curves, confusion matrix) before the trial ends as pruned: Optuna
     # takes no uploads to a finished trial.
-    on_prune: Callable[[list[record.EpochRecord]], None]
+    on_prune: Callable[[list[EpochMetrics]], None]
     tracker: TrialTracker
-    epochs: list[record.EpochRecord] = field(default_factory=list)
+    epochs: list[EpochMetrics] = field(default_factory=list)
 
-    def resumed(self, history: tuple[record.EpochRecord, ...]) -> None:
+    def resumed(self, history: tuple[EpochMetrics, ...]) -> None:
         """Carry over the epochs trained before the resume point, for the pruner too."""
         self.epochs = list(history)
         record.epochs_done(self.trial, self.epochs)
         for metrics in history:
-            value = metrics[self.spec.base.train.monitor]
+            value = metrics.value(self.spec.base.train.monitor)
             if math.isfinite(value):
-                self.trial.report(value, int(metrics["epoch"]))
+                self.trial.report(value, metrics.epoch)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         record.epoch_started(self.trial, epoch)
@@ -68,9 +63,9 @@ class TrialListener:
         pass  # per-epoch reporting only: reading a batch loss would stall the GPU
 
     def epoch_end(self, metrics: EpochMetrics) -> None:
-        self.epochs.append(metrics.to_dict())
+        self.epochs.append(metrics)
         record.epochs_done(self.trial, self.epochs)
-        self.tracker.epoch(metrics.to_dict())
+        self.tracker.epoch(metrics)
         value = metrics.value(self.spec.base.train.monitor)
         if math.isfinite(value):
             self.trial.report(value, metrics.epoch)
@@ -142,7 +137,7 @@ class Objective:
         uploads: TrialUploads,
         model: nn.Module,
         config: RunConfig,
-        history: list[record.EpochRecord],
+        history: list[EpochMetrics],
         tracker: TrialTracker,
     ) -> None:
         """Validation curves and the confusion matrix of `model` as it is now, for
@@ -190,7 +185,7 @@ class Objective:
     ) -> float:
         model = new_model(config, len(self.data.tree.classes))
 
-        def evidence(history: list[record.EpochRecord]) -> None:
+        def evidence(history: list[EpochMetrics]) -> None:
             self._upload_pictures(uploads, model, config, history, tracker)
 
         listener = TrialListener(trial, self.spec, evidence, tracker)
@@ -201,21 +196,20 @@ class Objective:
             teaching = Teaching(
                 self.teacher.views, config.distill.alpha, config.distill.temperature
             )
-        result = fit_config(
-            model, config, self.data, listener, resume=state, checkpointer=saver,
+        result = fit(
+            model, self.data, config, listener, resume=state, checkpointer=saver,
             teaching=teaching,
         )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / f"trial-{trial.number}.safetensors"
             save_file({k: v.contiguous() for k, v in result.best_state.items()}, str(weights))
             artifact_id = uploads.upload(weights)
-        history = [m.to_dict() for m in result.history]
-        self._upload_pictures(uploads, model, config, history, tracker)
+        self._upload_pictures(uploads, model, config, result.history, tracker)
         record.completed(
             trial,
             checkpoint=artifact_id,
             best_epoch=result.best_epoch,
-            val=result.best.to_dict(),
+            val=result.best,
             classes=self.data.tree.classes,
         )
         tracker.end("COMPLETE")

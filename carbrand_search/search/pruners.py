@@ -1,52 +1,53 @@
 """The collapse pruner: stop trials whose predictions collapsed, that learned nothing, or diverged.
 
-It reads the per-epoch collapse signals the objective stores in the trial record (a list of
-{"top_class_share", "loss_ratio", "val_loss", ...}) and runs before
+It reads the per-epoch collapse signals the objective stores in the trial record (top-class
+share, loss ratio, losses) and runs before
 Optuna's median, successive-halving or Hyperband pruner: either may prune. With Hyperband the
 study's pruner is a `HyperbandPruner` subclass, so TPE sees the brackets and samples each from
 its own bracket's trials.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial
 
 from carbrand_search.core.config import PrunerConfig
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.search import record
 
 
 def collapse_reason(
-    cfg: PrunerConfig, epochs: Sequence[Mapping[str, float]]
+    cfg: PrunerConfig, epochs: Sequence[EpochMetrics]
 ) -> record.PruneReason | None:
     """Why a trial with these per-epoch metrics should stop, or None; pure, no Optuna."""
     if not epochs:
         return None
     last = epochs[-1]
     epoch = len(epochs)
-    if not (math.isfinite(last["val_loss"]) and math.isfinite(last["train_loss"])):
-        return record.PruneReason("diverged", epoch, {"val_loss": str(last["val_loss"])})
+    if not (math.isfinite(last.val_loss) and math.isfinite(last.train_loss)):
+        return record.PruneReason("diverged", epoch, {"val_loss": str(last.val_loss)})
     if not cfg.collapse or epoch < cfg.first_prunable_epoch:
         return None
-    if last["top_class_share"] > cfg.max_top_class_share:
+    if last.top_class_share > cfg.max_top_class_share:
         return record.PruneReason(
             "one-class",
             epoch,
             {
-                "top_class_share": round(last["top_class_share"], 4),
-                "loss_ratio": round(last["loss_ratio"], 4),
+                "top_class_share": round(last.top_class_share, 4),
+                "loss_ratio": round(last.loss_ratio, 4),
             },
         )
     recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
     if len(recent) == cfg.patience and all(
-        abs(e["loss_ratio"] - 1.0) <= cfg.loss_tolerance for e in recent
+        abs(e.loss_ratio - 1.0) <= cfg.loss_tolerance for e in recent
     ):
         return record.PruneReason(
             "chance-loss",
             epoch,
-            {"loss_ratio": round(last["loss_ratio"], 4), "epochs_at_chance": cfg.patience},
+            {"loss_ratio": round(last.loss_ratio, 4), "epochs_at_chance": cfg.patience},
         )
     return None
 

@@ -5,7 +5,7 @@ the functions below and reads a typed `TrialRecord`, so a renamed key is a type 
 silently empty column.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,8 +14,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from carbrand_search.core.errors import UserError
-
-EpochRecord = dict[str, float]  # one epoch's metrics, as `EpochMetrics.to_dict()` gives them
+from carbrand_search.core.metric import EpochMetrics, is_table
 
 _WORKER = "worker"  # host:pid of the process running the trial
 _DEVICE = "device"  # where it trains: cpu, cuda:0 …
@@ -104,10 +103,10 @@ class TrialRecord:
     resume: ResumePoint | None = None
     resumed_from: ResumedFrom | None = None
     epoch: int | None = None
-    epochs: tuple[EpochRecord, ...] = ()
+    epochs: tuple[EpochMetrics, ...] = ()
     checkpoint: str | None = None
     classes: tuple[str, ...] = ()
-    val: EpochRecord | None = None
+    val: EpochMetrics | None = None
     best_epoch: int | None = None
     prune_reason: PruneReason | None = None
     fail_reason: str | None = None
@@ -129,10 +128,6 @@ def _int(v: Any) -> bool:
 
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _metrics(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items())
 
 
 def _fields(**kinds: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -164,10 +159,10 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     _RESUMED_FROM: (_fields(trial=_int, epoch=_int, batch=_int), "{trial, epoch, batch}"),
     _EPOCH: (_int, "an integer"),
-    _EPOCHS: (lambda v: isinstance(v, list) and all(map(_metrics, v)), "a list of metric tables"),
+    _EPOCHS: (lambda v: isinstance(v, list) and all(map(is_table, v)), "a list of metric tables"),
     _CHECKPOINT: (lambda v: isinstance(v, str), "an artifact id"),
     _CLASSES: (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "names"),
-    _VAL: (_metrics, "a metric table"),
+    _VAL: (is_table, "a metric table"),
     _BEST_EPOCH: (_int, "an integer"),
     _PRUNE_REASON: (_prune_reason, "{rule, epoch, …}"),
     _FAIL_REASON: (lambda v: isinstance(v, str), "text"),
@@ -190,22 +185,30 @@ class CorruptRecord(UserError):
     """A trial attribute that carbrand-search did not write as it is."""
 
 
+def _check(trial: FrozenTrial, key: str) -> None:
+    fits, expected = _SHAPES[key]
+    value = trial.user_attrs[key]
+    if not fits(value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CorruptRecord(
+            f"trial {trial.number}: its stored {key!r} is {shown}, expected {expected}; "
+            "it was changed outside carbrand-search"
+        )
+
+
 def read(trial: FrozenTrial) -> TrialRecord:
     """The record of `trial`; CorruptRecord when an attribute has a shape it never writes."""
     attrs = trial.user_attrs
-    for key, (fits, expected) in _SHAPES.items():
-        if key in attrs and not fits(attrs[key]):
-            shown = repr(attrs[key])
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise CorruptRecord(
-                f"trial {trial.number}: its stored {key!r} is {shown}, expected {expected}; "
-                "it was changed outside carbrand-search"
-            )
+    for key in _SHAPES:
+        if key in attrs:
+            _check(trial, key)
     # Optuna's heartbeat retry copies the user attributes of the trial it retries and lists the
     # retried trials in order; the last one is this trial's direct predecessor.
     retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     resume, teacher = attrs.get(_RESUME), attrs.get(_TEACHER)
     resumed_from, prune_reason = attrs.get(_RESUMED_FROM), attrs.get(_PRUNE_REASON)
+    val = attrs.get(_VAL)
     return TrialRecord(
         worker=attrs.get(_WORKER),
         device=attrs.get(_DEVICE),
@@ -213,10 +216,10 @@ def read(trial: FrozenTrial) -> TrialRecord:
         resume=ResumePoint(**resume) if resume else None,
         resumed_from=ResumedFrom(**resumed_from) if resumed_from else None,
         epoch=attrs.get(_EPOCH),
-        epochs=tuple(attrs.get(_EPOCHS, ())),
+        epochs=tuple(map(EpochMetrics.from_dict, attrs.get(_EPOCHS, ()))),
         checkpoint=attrs.get(_CHECKPOINT),
         classes=tuple(attrs.get(_CLASSES, ())),
-        val=attrs.get(_VAL),
+        val=EpochMetrics.from_dict(val) if val else None,
         best_epoch=attrs.get(_BEST_EPOCH),
         prune_reason=PruneReason.from_dict(prune_reason) if prune_reason else None,
         fail_reason=attrs.get(_FAIL_REASON),
@@ -234,9 +237,12 @@ def check_all(trials: Iterable[FrozenTrial]) -> None:
         read(trial)
 
 
-def epochs(trial: FrozenTrial) -> tuple[EpochRecord, ...]:
+def epochs(trial: FrozenTrial) -> tuple[EpochMetrics, ...]:
     """Just the per-epoch metrics (what the pruners read at every epoch)."""
-    return tuple(trial.user_attrs.get(_EPOCHS, ()))
+    if _EPOCHS not in trial.user_attrs:
+        return ()
+    _check(trial, _EPOCHS)
+    return tuple(map(EpochMetrics.from_dict, trial.user_attrs[_EPOCHS]))
 
 
 def started(trial: optuna.Trial, worker: str, device: str) -> None:
@@ -266,8 +272,8 @@ def epoch_started(trial: optuna.Trial, epoch: int) -> None:
     trial.set_user_attr(_EPOCH, epoch)
 
 
-def epochs_done(trial: optuna.Trial, history: list[EpochRecord]) -> None:
-    trial.set_user_attr(_EPOCHS, history)
+def epochs_done(trial: optuna.Trial, history: Sequence[EpochMetrics]) -> None:
+    trial.set_user_attr(_EPOCHS, [m.to_dict() for m in history])
 
 
 def pruned(trial: optuna.Trial, reason: PruneReason) -> None:
@@ -288,13 +294,13 @@ def completed(
     *,
     checkpoint: str,
     best_epoch: int,
-    val: EpochRecord,
+    val: EpochMetrics,
     classes: tuple[str, ...],
 ) -> None:
     """What a complete trial leaves for reports and predictions."""
     trial.set_user_attr(_CHECKPOINT, checkpoint)
     trial.set_user_attr(_BEST_EPOCH, best_epoch)
-    trial.set_user_attr(_VAL, val)
+    trial.set_user_attr(_VAL, val.to_dict())
     trial.set_user_attr(_CLASSES, list(classes))
 
 

@@ -41,7 +41,7 @@ from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.views import dashboard_note
 from carbrand_search.search.warmstart import enqueue_from
 from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
-from carbrand_search.training.run import build_model, load_split
+from carbrand_search.training.parts import build_model, load_split
 
 
 class RunProgress(Protocol):

@@ -26,7 +26,7 @@ from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import best_trials, pinned_teacher, stored_spec, trials
 from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.training.distill import TeacherViews, Views, draw_views, teacher_logits
-from carbrand_search.training.run import augment_for, precision_for
+from carbrand_search.training.parts import augment_for, precision_for
 
 VIEWS_VERSION = 1
 VIEW_SEED = 0  # views are the same for every trial of a study, and between studies

@@ -11,7 +11,8 @@ from typing import Any
 
 from carbrand_search.core.config import TrackingConfig
 from carbrand_search.core.errors import UserError, first_line
-from carbrand_search.search.record import EpochRecord, PruneReason
+from carbrand_search.core.metric import EpochMetrics
+from carbrand_search.search.record import PruneReason
 from carbrand_search.search.storage import mask
 
 # MLflow ended runs as FINISHED, KILLED or FAILED; Optuna's states map onto them.
@@ -91,11 +92,13 @@ class TrialTracker:
             self.writer = SummaryWriter(str(Path(cfg.tensorboard) / study / f"trial-{number}"))
             self.writer.add_text("params", json.dumps(params, indent=1, default=str))
 
-    def epoch(self, metrics: EpochRecord) -> None:
+    def epoch(self, metrics: EpochMetrics) -> None:
         """One epoch's metrics, at step = epoch (non-finite values are left out)."""
-        step = int(metrics["epoch"])
+        step = metrics.epoch
         values = {
-            k: float(v) for k, v in metrics.items() if k != "epoch" and math.isfinite(float(v))
+            k: float(v)
+            for k, v in metrics.to_dict().items()
+            if k != "epoch" and math.isfinite(float(v))
         }
         if self.client is not None:
             from mlflow.entities import Metric

@@ -20,7 +20,7 @@ from carbrand_search.search import record, space
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import best_trials, stored_spec, trials
-from carbrand_search.training.run import build_model
+from carbrand_search.training.parts import build_model
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from carbrand_search.search.storage import (
 from carbrand_search.search.study import budget, stored_spec, trials
 from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
-from carbrand_search.training.run import load_training_data
+from carbrand_search.training.parts import load_training_data
 
 T = TypeVar("T")
 

@@ -1,50 +1,31 @@
 """Plain PyTorch training: `fit` with per-epoch metrics and collapse signals; no Optuna."""
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from carbrand_search.core import metric
-from carbrand_search.core.config import TrainConfig
+from carbrand_search.core.config import RunConfig, TrainConfig
+from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.loader import DeviceSplit
 from carbrand_search.training.distill import Teaching
+from carbrand_search.training.optim import LRSchedule, make_optimizer
+from carbrand_search.training.parts import TrainingData, augment_for, precision_for
 from carbrand_search.training.precision import Precision
-from carbrand_search.training.state import FitState, StateDict, capture_rng, restore_rng
+from carbrand_search.training.state import FitState, capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from timm.data import Mixup
 
 # timm and scikit-learn are imported in the functions that use them: importing timm loads
 # torchvision and torch._dynamo, which a worker training a small_cnn never needs.
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """One epoch's numbers; the last two are the collapse signals."""
-
-    epoch: int  # 1-based
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    val_macro_f1: float
-    top_class_share: float  # share of val predictions in the most-predicted class
-    loss_ratio: float  # val loss / ln(num_classes); ≈ 1 means the model learned nothing
-    lr: float
-    seconds: float
-
-    def value(self, metric: str) -> float:
-        return float(getattr(self, metric))
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class TrainListener(Protocol):
@@ -76,97 +57,6 @@ class FitResult:
     @property
     def best(self) -> EpochMetrics:
         return self.history[self.best_epoch - 1]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so CPU runs repeat exactly."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# timm's optimizer names; "sgd" there means Nesterov momentum.
-_TIMM_OPTIMIZERS = {"adamw": "adamw", "adam": "adam", "rmsprop": "rmsprop"}
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """timm's optimizer factory: weight decay only on weights of rank ≥ 2 (never on BatchNorm
-    scales or biases), as timm and nanoGPT do."""
-    from timm.optim import create_optimizer_v2
-
-    name = _TIMM_OPTIMIZERS.get(cfg.optimizer)
-    if name is None:  # sgd
-        name = "nesterov" if cfg.nesterov and cfg.momentum > 0 else "momentum"
-    return create_optimizer_v2(
-        model,
-        opt=name,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None,
-    )
-
-
-class LRSchedule:
-    """Warm-up plus the configured scheduler, stepped per batch or (plateau) per epoch."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-        total = cfg.epochs * steps_per_epoch
-        warmup = cfg.warmup_epochs * steps_per_epoch
-        sched = torch.optim.lr_scheduler
-        self.per_batch: sched.LRScheduler | None = None
-        self.plateau: sched.ReduceLROnPlateau | None = None
-        self.mode: Literal["min", "max"] = (
-            "min" if metric.direction(cfg.monitor) == "minimize" else "max"
-        )
-        warm = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
-        if cfg.scheduler == "onecycle":
-            pct = warmup / total if warmup else 0.3
-            self.per_batch = sched.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct
-            )
-        elif cfg.scheduler == "cosine":
-            cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-            self.per_batch = (
-                sched.SequentialLR(optimizer, [warm, cosine], milestones=[warmup])
-                if warm
-                else cosine
-            )
-        else:
-            self.per_batch = warm
-            if cfg.scheduler == "plateau":
-                self.plateau = sched.ReduceLROnPlateau(
-                    optimizer,
-                    mode=self.mode,
-                    factor=cfg.plateau_factor,
-                    patience=cfg.plateau_patience,
-                )
-        # Per-batch schedulers run the whole way; with plateau/none only the warm-up is per batch.
-        self.batch_steps = total if self.plateau is None and cfg.scheduler != "none" else warmup
-        self.steps = 0
-
-    def after_batch(self) -> None:
-        if self.per_batch is not None and self.steps < self.batch_steps:
-            self.per_batch.step()
-        self.steps += 1
-
-    def after_epoch(self, monitored: float) -> None:
-        if self.plateau is not None and self.steps >= self.batch_steps:
-            self.plateau.step(monitored)
-
-    def state_dict(self) -> StateDict:
-        return {
-            "steps": self.steps,
-            "per_batch": self.per_batch.state_dict() if self.per_batch else None,
-            "plateau": self.plateau.state_dict() if self.plateau else None,
-        }
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self.steps = state["steps"]
-        if self.per_batch is not None:
-            self.per_batch.load_state_dict(state["per_batch"])
-        if self.plateau is not None:
-            self.plateau.load_state_dict(state["plateau"])
 
 
 def _set_frozen(model: nn.Module, frozen: bool) -> None:
@@ -268,183 +158,273 @@ def make_mixup(cfg: TrainConfig, num_classes: int) -> "Mixup | None":
     )
 
 
-def _train_batches(
-    train: DeviceSplit,
-    batch_size: int,
-    shuffle: torch.Generator,
-    draw_weights: Tensor | None,
-    even: bool,
-    skip: int,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    for index, images, labels in train.indexed_batches(batch_size, shuffle, draw_weights, skip):
-        n = labels.shape[0] - (labels.shape[0] % 2 if even else 0)  # Mixup pairs samples up
-        # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
-        if n > 1:
-            yield index[:n], images[:n], labels[:n]
+def _class_weights(cfg: TrainConfig, labels: Tensor, num_classes: int) -> Tensor | None:
+    """The loss's per-class weights: scikit-learn's "balanced" (n / (classes · count)), or none."""
+    if cfg.class_weights != "balanced":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight(
+        "balanced", classes=np.arange(num_classes), y=labels.cpu().numpy()
+    )
+    return torch.tensor(weights, dtype=torch.float32).to(labels.device)
+
+
+@dataclass
+class _Loop:
+    """What one `fit` trains with, built once from the config and reused by every epoch."""
+
+    model: nn.Module
+    forward: Callable[[Tensor], Tensor]  # the model, or its torch.compile'd form
+    cfg: TrainConfig
+    num_classes: int
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    criterion: nn.Module
+    mixup: "Mixup | None"
+    draw_weights: Tensor | None  # balanced sampling's per-image weights
+    shuffle: torch.Generator  # the order of the batches (CPU)
+    augmentation: torch.Generator  # crops, flips, views (on the training device)
+    augment: Augment
+    precision: Precision
+    teaching: Teaching | None
+
+    @classmethod
+    def create(
+        cls, model: nn.Module, data: TrainingData, config: RunConfig, teaching: Teaching | None
+    ) -> "_Loop":
+        cfg, device = config.train, data.train.device
+        num_classes = len(data.tree.classes)
+        precision = precision_for(config, device)
+        precision.prepare(model.to(device))
+        optimizer = make_optimizer(model, cfg)
+        return cls(
+            model=model,
+            forward=torch.compile(model) if cfg.compile else model,
+            cfg=cfg,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            schedule=LRSchedule.create(optimizer, cfg, data.train.num_batches(cfg.batch_size)),
+            criterion=nn.CrossEntropyLoss(
+                weight=_class_weights(cfg, data.train.labels, num_classes),
+                label_smoothing=cfg.label_smoothing,
+            ),
+            mixup=make_mixup(cfg, num_classes),
+            draw_weights=(
+                balanced_weights(data.train.labels, num_classes)
+                if cfg.sampling == "balanced"
+                else None
+            ),
+            shuffle=torch.Generator().manual_seed(cfg.seed),
+            augmentation=torch.Generator(device=device).manual_seed(cfg.seed + 1),
+            augment=augment_for(config),
+            precision=precision,
+            teaching=teaching,
+        )
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+        _set_frozen(self.model, epoch <= self.cfg.freeze_epochs)
+
+    def batches(self, train: DeviceSplit, skip: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The epoch's (index, images, labels) batches after the first `skip`."""
+        even = self.mixup is not None  # Mixup pairs samples up
+        for index, images, labels in train.indexed_batches(
+            self.cfg.batch_size, self.shuffle, self.draw_weights, skip
+        ):
+            n = labels.shape[0] - (labels.shape[0] % 2 if even else 0)
+            # A lone last sample makes BatchNorm's batch statistics meaningless; skip it.
+            if n > 1:
+                yield index[:n], images[:n], labels[:n]
+
+    def step(self, index: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        """One batch: its augmented (or cached teacher) views, Mixup, one optimiser step."""
+        loss_of: Callable[[Tensor, Tensor], Tensor] = self.criterion
+        if self.teaching is not None:
+            x, loss_of = self.teaching.batch(
+                self.augment, index, images, self.augmentation, self.criterion
+            )
+        else:
+            x = self.augment.train_batch(images, self.augmentation)
+        targets = labels
+        if self.mixup is not None:
+            x, targets = self.mixup(x, labels)
+        loss = train_step(self.forward, loss_of, self.optimizer, x, targets, self.precision)
+        self.schedule.after_batch()
+        return loss
+
+    def evaluate(self, epoch: "_Epoch", val: DeviceSplit) -> EpochMetrics:
+        """The epoch's metrics on the validation split."""
+        logits, labels = predict(
+            self.model, val, self.augment, self.cfg.batch_size * 2, self.precision
+        )
+        return EpochMetrics(
+            epoch=epoch.number,
+            train_loss=float(epoch.loss) / max(epoch.seen, 1),
+            lr=self.optimizer.param_groups[0]["lr"],
+            seconds=epoch.seconds,
+            **val_metrics(logits, labels, self.num_classes),
+        )
+
+
+@dataclass
+class _Epoch:
+    """The epoch in progress: the shuffle state it began from (which replays its order after a
+    resume), its batches so far and their summed loss, and when it began."""
+
+    number: int  # 1-based
+    shuffle: Tensor
+    batch: int = 0
+    loss: Tensor | float = 0.0  # a tensor on the device while training: no wait per batch
+    seen: int = 0
+    began: float = field(default_factory=time.perf_counter)  # earlier runs' time counted in
+
+    def add(self, loss: Tensor, samples: int) -> None:
+        self.loss = loss * samples + self.loss
+        self.seen += samples
+        self.batch += 1
+
+    @property
+    def seconds(self) -> float:
+        """Time spent on it, a resumed run's earlier share included; 0 before its first batch."""
+        return time.perf_counter() - self.began if self.batch else 0.0
+
+
+@dataclass
+class _Progress:
+    """Where `fit` stands: history, best epoch so far and the partial epoch a resume starts in;
+    it captures the whole state of a run and restores it."""
+
+    best_epoch: int
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_value: float = -math.inf
+    best_state: dict[str, Tensor] = field(default_factory=dict)
+    partial: _Epoch | None = None
+
+    @property
+    def first_epoch(self) -> int:
+        return len(self.history) + 1
+
+    def epoch(self, loop: _Loop) -> _Epoch:
+        """The epoch to train next: the resumed partial one once, then a fresh one."""
+        current, self.partial = self.partial, None
+        return current or _Epoch(self.first_epoch, loop.shuffle.get_state())
+
+    def epoch_done(self, metrics: EpochMetrics, loop: _Loop) -> None:
+        self.history.append(metrics)
+        monitored = metrics.value(loop.cfg.monitor)
+        loop.schedule.after_epoch(monitored)
+        signed = metric.sign(loop.cfg.monitor) * monitored
+        if math.isfinite(monitored) and signed > self.best_value:
+            self.best_value, self.best_epoch = signed, metrics.epoch
+            self.best_state = _cpu_state(loop.model)
+
+    def capture(self, loop: _Loop, current: _Epoch) -> FitState:
+        """Everything a resume needs, `current.batch` batches into epoch `current.number`."""
+        return FitState(
+            epoch=current.number - 1,
+            batch=current.batch,
+            model=_cpu_state(loop.model),
+            optimizer=loop.optimizer.state_dict(),
+            schedule=loop.schedule.state_dict(),
+            rng=capture_rng(loop.augmentation),
+            shuffle=current.shuffle,
+            epoch_loss=float(current.loss),
+            epoch_seen=current.seen,
+            epoch_seconds=current.seconds,
+            history=tuple(self.history),
+            best_epoch=self.best_epoch,
+            best_value=self.best_value,
+            best_state=self.best_state,
+        )
+
+    @classmethod
+    def restore(cls, state: FitState, loop: _Loop) -> "_Progress":
+        """Put `loop` back where `state` was captured; the progress as it was then."""
+        loop.model.load_state_dict(state.model)
+        loop.optimizer.load_state_dict(state.optimizer)
+        loop.schedule.load_state_dict(state.schedule)
+        restore_rng(state.rng, loop.augmentation)
+        loop.shuffle.set_state(state.shuffle)
+        partial = _Epoch(
+            state.epoch + 1,
+            state.shuffle,
+            batch=state.batch,
+            loss=torch.full((), state.epoch_loss, device=loop.augmentation.device),
+            seen=state.epoch_seen,
+            began=time.perf_counter() - state.epoch_seconds,
+        )
+        return cls(
+            best_epoch=state.best_epoch,
+            history=list(state.history),
+            best_value=state.best_value,
+            best_state=state.best_state,
+            partial=partial,
+        )
+
+    def result(self, model: nn.Module) -> FitResult:
+        """The run at its best epoch, `model` loaded with those weights."""
+        # Every epoch diverged: keep the last weights so the run still has them.
+        best_state = self.best_state or _cpu_state(model)
+        model.load_state_dict(best_state)
+        return FitResult(self.history, self.best_epoch, best_state)
+
+
+@dataclass
+class _Saves:
+    """When `fit` hands its state to the checkpointer: after every epoch but the last, and
+    within an epoch once `every_s` seconds have passed since the last time."""
+
+    checkpointer: Checkpointer | None
+    last: float = field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        return (
+            self.checkpointer is not None
+            and time.monotonic() - self.last >= self.checkpointer.every_s
+        )
+
+    def save(self, progress: _Progress, loop: _Loop, current: _Epoch) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer(progress.capture(loop, current))
+            self.last = time.monotonic()
 
 
 def fit(
     model: nn.Module,
-    train: DeviceSplit,
-    val: DeviceSplit,
-    augment: Augment,
-    cfg: TrainConfig,
-    num_classes: int,
+    data: TrainingData,
+    config: RunConfig,
     listener: TrainListener | None = None,
     *,
     resume: FitState | None = None,
     checkpointer: Checkpointer | None = None,
     teaching: Teaching | None = None,
 ) -> FitResult:
-    """Train `model` for `cfg.epochs`, keep the best epoch's weights by `cfg.monitor`. From
-    `resume` it goes on where that state was taken, and ends as the uninterrupted run would.
-    With `teaching`, each image is one of its cached views and the loss also learns from the
-    teacher's outputs for that view."""
-    device = train.device
-    precision = Precision.for_device(device, cfg.amp, cfg.channels_last)
-    precision.prepare(model.to(device))
-    weights = None
-    if cfg.class_weights == "balanced":
-        from sklearn.utils.class_weight import compute_class_weight
-
-        y = train.labels.cpu().numpy()
-        weights = torch.tensor(
-            compute_class_weight("balanced", classes=np.arange(num_classes), y=y),
-            dtype=torch.float32,
-        ).to(device)
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    forward = torch.compile(model) if cfg.compile else model
-    optimizer = make_optimizer(model, cfg)
-    mixup = make_mixup(cfg, num_classes)
-    draw_weights = (
-        balanced_weights(train.labels, num_classes) if cfg.sampling == "balanced" else None
-    )
-    steps = train.num_batches(cfg.batch_size)
-    schedule = LRSchedule(optimizer, cfg, steps)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    run = _Progress(best_epoch=cfg.epochs)
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        schedule.load_state_dict(resume.schedule)
-        restore_rng(resume.rng, aug_gen)
-        shuffle.set_state(resume.shuffle)
-        run = _Progress.resumed(resume)
-    sign = metric.sign(cfg.monitor)
-    last_save = time.monotonic()
-
-    def save(epoch: int, batch: int, epoch_shuffle: Tensor, loss: Tensor, seen: int) -> None:
-        nonlocal last_save
-        assert checkpointer is not None
-        checkpointer(
-            FitState(
-                epoch=epoch,
-                batch=batch,
-                model=_cpu_state(model),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                rng=capture_rng(aug_gen),
-                shuffle=epoch_shuffle,
-                epoch_loss=loss.item(),
-                epoch_seen=seen,
-                epoch_seconds=time.perf_counter() - start,
-                history=tuple(m.to_dict() for m in run.history),
-                best_epoch=run.best_epoch,
-                best_value=run.best_value,
-                best_state=run.best_state,
-            )
-        )
-        last_save = time.monotonic()
-
-    for epoch in range(run.first_epoch, cfg.epochs + 1):
-        start = time.perf_counter() - run.epoch_seconds
-        epoch_shuffle = shuffle.get_state()  # replays this epoch's order after a resume
+    """Train `model` on `data` for `config.train.epochs`, keep the best epoch's weights by its
+    monitor. From `resume` it goes on where that state was taken, and ends as the uninterrupted
+    run would. With `teaching`, each image is one of its cached views and the loss also learns
+    from the teacher's outputs for that view."""
+    loop = _Loop.create(model, data, config, teaching)
+    epochs = loop.cfg.epochs
+    progress = _Progress.restore(resume, loop) if resume else _Progress(best_epoch=epochs)
+    steps = data.train.num_batches(loop.cfg.batch_size)
+    saves = _Saves(checkpointer)
+    while progress.first_epoch <= epochs:
+        current = progress.epoch(loop)
         if listener:
-            listener.epoch_start(epoch, cfg.epochs, steps)
-        model.train()
-        _set_frozen(model, epoch <= cfg.freeze_epochs)
-        total_loss = torch.full((), run.epoch_loss, device=device)
-        seen, done = run.epoch_seen, run.first_batch
-        batches = _train_batches(
-            train, cfg.batch_size, shuffle, draw_weights, mixup is not None, done
-        )
-        for index, images, labels in batches:
-            step_loss: Callable[[Tensor, Tensor], Tensor] = criterion
-            if teaching is not None:
-                x, step_loss = teaching.batch(augment, index, images, aug_gen, criterion)
-            else:
-                x = augment.train_batch(images, aug_gen)
-            targets: Tensor = labels
-            if mixup is not None:
-                x, targets = mixup(x, labels)
-            loss = train_step(forward, step_loss, optimizer, x, targets, precision)
-            schedule.after_batch()
-            total_loss += loss * labels.shape[0]
-            seen += labels.shape[0]
-            done += 1
+            listener.epoch_start(current.number, epochs, steps)
+        loop.start_epoch(current.number)
+        for index, images, labels in loop.batches(data.train, current.batch):
+            loss = loop.step(index, images, labels)
+            current.add(loss, labels.shape[0])
             if listener:
                 listener.batch_end(loss)
-            due = checkpointer and time.monotonic() - last_save >= checkpointer.every_s
-            if due and done < steps:
-                save(epoch - 1, done, epoch_shuffle, total_loss, seen)
-        run.epoch_done()
-        logits, labels = predict(model, val, augment, cfg.batch_size * 2, precision)
-        values = val_metrics(logits, labels, num_classes)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=total_loss.item() / max(seen, 1),
-            lr=optimizer.param_groups[0]["lr"],
-            seconds=time.perf_counter() - start,
-            **values,
-        )
-        run.history.append(metrics)
-        monitored = metrics.value(cfg.monitor)
-        schedule.after_epoch(monitored)
-        if math.isfinite(monitored) and sign * monitored > run.best_value:
-            run.best_value, run.best_epoch = sign * monitored, epoch
-            run.best_state = _cpu_state(model)
+            if current.batch < steps and saves.due():
+                saves.save(progress, loop, current)
+        metrics = loop.evaluate(current, data.val)
+        progress.epoch_done(metrics, loop)
         if listener:
             listener.epoch_end(metrics)
-        if checkpointer and epoch < cfg.epochs:
-            save(epoch, 0, shuffle.get_state(), torch.zeros(()), 0)
-    best_state = run.best_state
-    if not best_state:  # every epoch diverged: keep the last weights so the run still has them
-        best_state = _cpu_state(model)
-    model.load_state_dict(best_state)
-    return FitResult(run.history, run.best_epoch, best_state)
-
-
-@dataclass
-class _Progress:
-    """Where `fit` stands: history, best epoch so far and the partial epoch a resume starts in."""
-
-    best_epoch: int
-    history: list[EpochMetrics] = field(default_factory=list)
-    best_value: float = -math.inf
-    best_state: dict[str, Tensor] = field(default_factory=dict)
-    first_batch: int = 0
-    epoch_loss: float = 0.0
-    epoch_seen: int = 0
-    epoch_seconds: float = 0.0
-
-    @property
-    def first_epoch(self) -> int:
-        return len(self.history) + 1
-
-    def epoch_done(self) -> None:
-        """The partial epoch a resume started in is over: later epochs start from zero."""
-        self.first_batch, self.epoch_loss, self.epoch_seen, self.epoch_seconds = 0, 0.0, 0, 0.0
-
-    @classmethod
-    def resumed(cls, state: FitState) -> "_Progress":
-        return cls(
-            history=[EpochMetrics(**m) for m in state.history],  # type: ignore[arg-type]
-            best_value=state.best_value,
-            best_epoch=state.best_epoch,
-            best_state=state.best_state,
-            first_batch=state.batch,
-            epoch_loss=state.epoch_loss,
-            epoch_seen=state.epoch_seen,
-            epoch_seconds=state.epoch_seconds,
-        )
+        if current.number < epochs:
+            saves.save(progress, loop, _Epoch(current.number + 1, loop.shuffle.get_state()))
+    return progress.result(model)

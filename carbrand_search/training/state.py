@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from carbrand_search.core.errors import first_line
+from carbrand_search.core.metric import EpochMetrics
 
 StateDict = dict[str, Any]
 
@@ -29,7 +30,7 @@ class FitState:
     epoch_loss: float  # the partial epoch's summed loss and sample count
     epoch_seen: int
     epoch_seconds: float
-    history: tuple[dict[str, float], ...]
+    history: tuple[EpochMetrics, ...]
     best_epoch: int
     best_value: float
     best_state: dict[str, Tensor]
@@ -41,9 +42,9 @@ class FitState:
         from safetensors.torch import save
 
         tensors: dict[str, Tensor] = {}
-        fields = {
-            name: _encode(getattr(self, name), tensors) for name in self.__dataclass_fields__
-        }
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["history"] = tuple(m.to_dict() for m in self.history)
+        fields = {name: _encode(value, tensors) for name, value in values.items()}
         # safetensors refuses tensors that share memory (a weight kept in two places).
         seen: set[int] = set()
         for name, tensor in tensors.items():
@@ -63,12 +64,12 @@ class FitState:
             header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
             fields = json.loads(header["__metadata__"][STATE_KEY])
             tensors = load(data)
+            state = {name: _decode(value, tensors) for name, value in fields.items()}
+            if set(state) != set(cls.__dataclass_fields__):
+                raise ValueError("its fields differ")
+            state["history"] = tuple(map(EpochMetrics.from_dict, state["history"]))
         except (KeyError, TypeError, ValueError, SafetensorError) as e:
             raise ValueError(f"not a resume point ({first_line(e)})") from e
-        state = {name: _decode(value, tensors) for name, value in fields.items()}
-        if set(state) != set(cls.__dataclass_fields__):
-            raise ValueError("not a resume point (its fields differ)")
-        state["history"] = tuple(state["history"])
         return cls(**state)
 
 

@@ -1,32 +1,23 @@
-"""One training run from a resolved config: cached data → model → fit → files on disk."""
+"""The parts of a training run that a resolved config names: its data on the device, its model,
+its augmentation and its precision."""
 
 import dataclasses
-import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from carbrand_search import models
 from carbrand_search.core.config import DataConfig, RunConfig
-from carbrand_search.core.folders import refuse_non_empty
 from carbrand_search.data.augment import Augment
 from carbrand_search.data.cache import CachedSplit, load_or_build
 from carbrand_search.data.imagefolder import ImageTree, scan
 from carbrand_search.data.loader import DeviceSplit
-from carbrand_search.training.distill import Teaching
-from carbrand_search.training.fit import (
-    Checkpointer,
-    FitResult,
-    TrainListener,
-    fit,
-    seed_everything,
-)
 from carbrand_search.training.precision import Precision
-from carbrand_search.training.state import FitState
 
 CacheProgress = Callable[[str, int, int], None]
 
@@ -100,57 +91,14 @@ def precision_for(config: RunConfig, device: torch.device) -> Precision:
     return Precision.for_device(device, config.train.amp, config.train.channels_last)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so CPU runs repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def new_model(config: RunConfig, num_classes: int) -> nn.Module:
     """Seed everything with the run's seed, then build its model: the same weights every time."""
     seed_everything(config.train.seed)
     return build_model(config, num_classes)
-
-
-def fit_config(
-    model: nn.Module,
-    config: RunConfig,
-    data: TrainingData,
-    listener: TrainListener | None = None,
-    *,
-    resume: FitState | None = None,
-    checkpointer: Checkpointer | None = None,
-    teaching: Teaching | None = None,
-) -> FitResult:
-    """Fit `model` (from `new_model`) on `data` with `config`; it ends at its best epoch."""
-    return fit(
-        model, data.train, data.val, augment_for(config), config.train, len(data.tree.classes),
-        listener, resume=resume, checkpointer=checkpointer, teaching=teaching,
-    )  # fmt: skip
-
-
-def train_config(
-    config: RunConfig, data: TrainingData, listener: TrainListener | None = None
-) -> tuple[nn.Module, FitResult]:
-    """Seed, build and fit one configuration; returns the model at its best epoch."""
-    model = new_model(config, len(data.tree.classes))
-    return model, fit_config(model, config, data, listener)
-
-
-def prepare_out_dir(out: Path) -> None:
-    """Create `out`; refuse a non-empty one so nothing stored earlier is overwritten."""
-    refuse_non_empty(out, "output folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def save_run(
-    out: Path, study_text: str, config: RunConfig, classes: tuple[str, ...], result: FitResult
-) -> None:
-    """Write model.safetensors, config.json, metrics.json and the study file used."""
-    save_file(
-        {k: v.contiguous() for k, v in result.best_state.items()}, str(out / "model.safetensors")
-    )
-    (out / "config.json").write_text(
-        json.dumps({"config": config.to_dict(), "classes": list(classes)}, indent=2)
-    )
-    metrics = {
-        "best_epoch": result.best_epoch,
-        "best": result.best.to_dict(),
-        "history": [m.to_dict() for m in result.history],
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "study.toml").write_text(study_text)
