@@ -9,7 +9,9 @@ from conftest import REPO
 
 PACKAGE = REPO / "carbrand_search"
 # Lower layers never import higher ones; folders of one layer do not import each other.
-LAYERS = {"core": 0, "data": 1, "models": 1, "training": 2, "search": 3, "reports": 4, "": 5}
+LAYERS = {
+    "core": 0, "data": 1, "models": 1, "training": 2, "search": 3, "reports": 4, "": 5, "cli": 6
+}  # fmt: skip
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
@@ -37,7 +39,8 @@ def imported(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
 def test_imports_point_down(path: Path) -> None:
-    own = layer_of(module_name(path))
+    # `python -m carbrand_search` is the command line's second door: it sits with cli/.
+    own = "cli" if path.name == "__main__.py" else layer_of(module_name(path))
     for target in imported(path):
         other = layer_of(target)
         assert other == own or LAYERS[other] < LAYERS[own], (
