@@ -93,13 +93,15 @@ class TrainConfig:
     label_smoothing: float = 0.05
     """Share of each label's probability spread over the other classes."""
     scheduler: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"
-    """Learning-rate schedule: lowered on a plateau of the monitor, cosine, one-cycle, or none."""
+    """Learning-rate schedule: lowered on a plateau of the monitor, cosine to 0 by the last step,
+    one-cycle (torch's, which also cycles the momentum against the rate), or none."""
     plateau_patience: int = 2
     """Plateau schedule: epochs without improvement before the rate falls."""
     plateau_factor: float = 0.5
     """Plateau schedule: the factor the rate falls by."""
     warmup_epochs: int = 0
-    """Epochs of linear warm-up; fewer than `epochs`."""
+    """Epochs of linear warm-up to `lr` (for one-cycle, its rising phase, which is otherwise 30%
+    of the steps); fewer than `epochs`."""
     freeze_epochs: int = 0
     """Epochs training only the classifier head (the frozen part's BatchNorm layers stay in eval
     mode); fewer than `epochs`."""
