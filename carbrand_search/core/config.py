@@ -100,8 +100,8 @@ class TrainConfig:
     plateau_factor: float = 0.5
     """Plateau schedule: the factor the rate falls by."""
     warmup_epochs: int = 0
-    """Epochs of linear warm-up to `lr` (for one-cycle, its rising phase, which is otherwise 30%
-    of the steps); fewer than `epochs`."""
+    """Epochs of linear warm-up to `lr`; for one-cycle, the length of its rise (otherwise 30% of
+    the steps). Fewer than `epochs`."""
     freeze_epochs: int = 0
     """Epochs training only the classifier head (the frozen part's BatchNorm layers stay in eval
     mode); fewer than `epochs`."""
