@@ -250,7 +250,10 @@ def status(
     storage: StorageOpt = defaults.STORAGE,
     artifacts: ArtifactsOpt = defaults.ARTIFACTS,
     all_trials: Annotated[
-        bool, typer.Option("--all", help="Every trial, not only the last 50 and the running.")
+        bool,
+        typer.Option(
+            "--all", help=f"Every trial, not only the last {STATUS_ROWS} and the running."
+        ),
     ] = False,
 ) -> None:
     """Print the trials table (state, value, key params, duration, prune reason) and a summary."""
