@@ -14,10 +14,11 @@ from carbrand_search.search import objective as objective_module
 from carbrand_search.search import record
 from carbrand_search.search.failures import RETRIES
 from carbrand_search.search.objective import Objective
+from carbrand_search.search.outage import WorkerStopped
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
 from carbrand_search.search.study import ensure_study
-from carbrand_search.search.worker import FailureGuard, WorkerStopped
+from carbrand_search.search.worker import FailureGuard
 from carbrand_search.training.parts import load_training_data
 
 

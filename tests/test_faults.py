@@ -8,9 +8,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import psycopg
 import pytest
 import yaml
@@ -32,6 +34,9 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from carbrand_search.search import record
+from carbrand_search.search.failures import STORAGE, kind_of
+from carbrand_search.search.outage import Backoff
+from carbrand_search.search.retry import settle_failure
 from carbrand_search.search.storage import open_storage
 
 pytestmark = pytest.mark.slow  # real processes, killed, cut off or refused
@@ -136,11 +141,32 @@ def test_database_connections_cut_mid_study(demo_root: Path, tmp_path: Path, pg)
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None)
 
 
+@dataclass(frozen=True)
+class OwnPostgres:
+    """A PostgreSQL server of one test's own: its URL, and `pg_ctl` to stop and start it."""
+
+    url: str
+    ctl: list[str]
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.ctl, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60
+        )
+
+    def start(self) -> None:
+        subprocess.run([*self.ctl, "start"], check=True, capture_output=True, timeout=60)
+
+    def outage(self) -> None:
+        """The server stops, stays down 3 s, and starts again."""
+        self.stop()
+        time.sleep(3)
+        self.start()
+
+
 @pytest.fixture
-def own_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
+def own_postgres() -> Iterator[OwnPostgres]:
     """A PostgreSQL server of this test's own (initdb in a temporary folder, a free loopback
-    port, run as the postgres user), so that stopping it disturbs no other test. Yields its URL
-    and `outage()`: the server stops, stays down 3 s, and starts again."""
+    port, run as the postgres user), so that stopping it disturbs no other test."""
     if PG_BIN is None or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
     folder = Path(tempfile.mkdtemp(prefix="cbs-pg-"))
@@ -154,29 +180,50 @@ def own_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
     )  # fmt: skip
     ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w"]
     ctl += ["-o", f"-p {port} -k {folder} -h 127.0.0.1"]
-
-    def outage() -> None:
-        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60)
-        time.sleep(3)
-        subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=60)
-
-    subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=60)
+    server = OwnPostgres(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", ctl)
+    server.start()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", outage
+        yield server
     finally:
         subprocess.run([*ctl, "stop", "-m", "immediate"], capture_output=True, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.postgres
+def test_a_failed_trials_record_and_retry_wait_for_the_database(own_postgres: OwnPostgres) -> None:
+    """A trial that failed because the database went away is recorded and its retry queued once
+    the database is back: had either been skipped, Optuna would tell it FAIL with its
+    parameters never run again."""
+    study = optuna.create_study(study_name="s", storage=open_storage(own_postgres.url))
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    own_postgres.stop()
+    with pytest.raises(Exception) as cut:
+        trial.set_user_attr("epoch", 3)  # what a training trial writes, with the server gone
+    assert kind_of(cut.value) == STORAGE
+    said: list[str] = []
+
+    def back(line: str) -> None:  # Backoff says so at its first failed try: restart then
+        said.append(line)
+        own_postgres.start()
+
+    assert settle_failure(trial, cut.value, Backoff(say=back))
+    assert len(said) == 1 and "database unreachable" in said[0]
+    found = trials_of(own_postgres.url, "s")
+    assert record.read(found[trial.number]).failure_kind == STORAGE
+    retries = [t for t in found if record.read(t).retry_of == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+    assert retries[0].system_attrs["fixed_params"] == trial.params  # asked with these
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("through", ["direct", "proxy"])
 def test_a_database_restart_mid_run_needs_no_second_command(
-    demo_root: Path, tmp_path: Path, own_postgres: tuple[str, Callable[[], None]], through: str
+    demo_root: Path, tmp_path: Path, own_postgres: OwnPostgres, through: str
 ) -> None:
     """The server goes away for 3 s while two workers train: `run` and its workers wait for it
     and the study finishes its budget, nothing lost, nothing run twice, exit 0. Through the gRPC
     proxy too: it answers UNAVAILABLE meanwhile, which the workers wait out the same way."""
-    url, outage = own_postgres
+    url = own_postgres.url
     proxy = None
     if through == "proxy":
         port = free_port()
@@ -186,7 +233,7 @@ def test_a_database_restart_mid_run_needs_no_second_command(
     study = write_study(tmp_path, n_trials=4, epochs=4)
     proc = start_run(study, url, demo_root, tmp_path / "a", 2)
     wait_for(lambda: bool(running(url)))
-    outage()
+    own_postgres.outage()
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     assert "database unreachable" in output  # `run` saw it, and waited

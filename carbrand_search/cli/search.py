@@ -140,8 +140,8 @@ def run(
     try:
         from carbrand_search.progress import RichRunProgress, trials_line
         from carbrand_search.search.options import LaunchOptions, RunOptions
+        from carbrand_search.search.outage import WorkerStopped
         from carbrand_search.search.runner import run_study
-        from carbrand_search.search.worker import WorkerStopped
 
         options = RunOptions(
             storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,
@@ -224,9 +224,9 @@ def worker(
     """Join an existing study from this machine and run trials until its budget is met."""
     from carbrand_search.progress import RichRunProgress
     from carbrand_search.search.options import RunOptions
+    from carbrand_search.search.outage import WorkerStopped
     from carbrand_search.search.runner import join_study
     from carbrand_search.search.study import open_study, stored_spec
-    from carbrand_search.search.worker import WorkerStopped
 
     options = RunOptions(
         storage=storage, artifacts=artifacts, data=data, cache=cache_dir, device=device,

@@ -14,10 +14,10 @@ from carbrand_search.core.config import RunConfig
 from carbrand_search.core.metric import EpochMetrics
 from carbrand_search.search import record, space
 from carbrand_search.search.budget import is_surplus
-from carbrand_search.search.failures import describe, kind_of
+from carbrand_search.search.failures import describe
 from carbrand_search.search.pruners import collapse_reason
 from carbrand_search.search.resume import ResumeSaver, inherited
-from carbrand_search.search.retry import queue_retry
+from carbrand_search.search.retry import settle_failure
 from carbrand_search.search.spec import StudySpec
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import trials
@@ -110,13 +110,14 @@ class Objective:
             raise
         except BaseException as e:  # recorded on the trial for `status` and the failure guard
             uploads.discard()
-            kind = kind_of(e)
-            record.failed(trial, describe(e), kind)
-            if not queue_retry(trial.study, trial.number, trial.params, kind):
-                saver.discard()
-            raise
-        saver.discard()
-        return value
+            failure = e
+        else:
+            saver.discard()
+            return value
+        # Outside the handler: an error of settling's own must not read as `failure`'s context.
+        if not settle_failure(trial, failure):
+            saver.discard()
+        raise failure
 
     def _take_over(
         self, trial: optuna.Trial, saver: ResumeSaver, listener: TrialListener

@@ -4,9 +4,23 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from carbrand_search.search import record
-from carbrand_search.search.failures import KILLED, RETRIES
+from carbrand_search.search.failures import KILLED, RETRIES, describe, kind_of
+from carbrand_search.search.outage import Backoff, riding_out
 from carbrand_search.search.storage import open_storage
 from carbrand_search.search.study import trials
+
+
+def settle_failure(
+    trial: optuna.Trial, error: BaseException, outage: Backoff | None = None
+) -> bool:
+    """Record why `trial` failed and queue its retry if its kind is retried; whether one is
+    queued. Both wait out a database outage (with `outage`'s back-off): once Optuna has told the
+    trial FAIL, nothing else would queue its parameters again. Call it outside the `except` that
+    caught `error`, or an error of its own would carry `error` as its context."""
+    kind = kind_of(error)
+    outage = outage or Backoff()
+    riding_out(lambda: record.failed(trial, describe(error), kind), outage)
+    return riding_out(lambda: queue_retry(trial.study, trial.number, trial.params, kind), outage)
 
 
 def queue_retry(study: optuna.Study, number: int, params: dict[str, object], kind: str) -> bool:

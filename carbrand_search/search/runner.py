@@ -23,6 +23,7 @@ from carbrand_search.search import record
 from carbrand_search.search.budget import finished
 from carbrand_search.search.launcher import plan_devices, stop_workers
 from carbrand_search.search.options import LaunchOptions, RunOptions
+from carbrand_search.search.outage import Backoff, riding_out
 from carbrand_search.search.prestart import WaitingWorkers
 from carbrand_search.search.retry import open_for_work
 from carbrand_search.search.spec import StudySpec
@@ -40,7 +41,7 @@ from carbrand_search.search.teacher import Teacher, study_teacher
 from carbrand_search.search.tracking import check_tracking
 from carbrand_search.search.views import dashboard_note
 from carbrand_search.search.warmstart import enqueue_from
-from carbrand_search.search.worker import Backoff, WorkerPlan, riding_out, run_worker
+from carbrand_search.search.worker import WorkerPlan, run_worker
 from carbrand_search.training.parts import build_model, load_split
 
 

@@ -5,15 +5,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from carbrand_search.core.errors import first_line
 from carbrand_search.core.process import stop_once, stop_signals
 from carbrand_search.search import record
 from carbrand_search.search.admission import wait_reason
@@ -22,6 +19,7 @@ from carbrand_search.search.checkpoints import CheckpointKeeper
 from carbrand_search.search.failures import BUG
 from carbrand_search.search.objective import Objective
 from carbrand_search.search.options import RunOptions
+from carbrand_search.search.outage import Backoff, WorkerStopped
 from carbrand_search.search.pruners import make_pruner
 from carbrand_search.search.resume import sweep
 from carbrand_search.search.retry import open_for_work
@@ -36,8 +34,6 @@ from carbrand_search.search.study import budget, stored_spec, trials
 from carbrand_search.search.teacher import study_teacher
 from carbrand_search.training.device import available_memory
 from carbrand_search.training.parts import load_training_data
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -203,45 +199,3 @@ class MemoryWait:
             self.said = reason
         time.sleep(self.poll_s)
         return True
-
-
-class WorkerStopped(Exception):
-    """A worker gave up: its trials keep failing for the same reason."""
-
-
-class Backoff:
-    """Waits 1, 2, 4 … 30 s between retries while the database is unreachable; gives up after
-    `patience_s` without success. `say` hears the first error of each outage."""
-
-    def __init__(self, patience_s: float = 300, say: Callable[[str], None] | None = None):
-        self.patience_s = patience_s
-        self.say = say
-        self.delay = 1.0
-        self.since: float | None = None
-
-    def reset(self) -> None:
-        self.delay, self.since = 1.0, None
-
-    def wait(self, error: Exception) -> None:
-        now = time.monotonic()
-        if self.since is None and self.say is not None:
-            self.say(f"database unreachable ({first_line(error, 160)}); waiting for it")
-        self.since = self.since or now
-        if now - self.since > self.patience_s:
-            raise WorkerStopped(f"database unreachable for {self.patience_s:.0f}s: {error}")
-        time.sleep(self.delay)
-        self.delay = min(30.0, self.delay * 2)
-
-
-def riding_out(call: Callable[[], T], outage: Backoff) -> T:
-    """`call()`, retried with `outage`'s back-off while the database is unreachable."""
-    while True:
-        try:
-            result = call()
-        except Exception as e:
-            if not database_unreachable(e):
-                raise
-            outage.wait(e)
-        else:
-            outage.reset()
-            return result
