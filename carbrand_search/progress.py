@@ -52,17 +52,11 @@ def _bar(console: Console) -> Progress:
 
 
 class CacheProgress:
-    """`on_progress(split, done, total)` for the decode-once cache and the teacher's views, as a
-    bar per split; for logs, a line when a split starts, every SUMMARY_EVERY_S and at its end
-    (the teacher's views take a quarter of an hour on 2 cores)."""
+    """`on_progress(split, done, total)` for the decode-once cache, as a bar per split."""
 
     def __init__(self, console: Console):
-        self.console = console
         self.progress = _bar(console)
         self.tasks: dict[str, TaskID] = {}
-        self.started: dict[str, float] = {}
-        self.logged_at: dict[str, float] = {}
-        self.ended: set[str] = set()
 
     def __enter__(self) -> "CacheProgress":
         self.progress.start()
@@ -75,25 +69,6 @@ class CacheProgress:
         if split not in self.tasks:
             self.tasks[split] = self.progress.add_task(f"decoding {split}", total=total, note="")
         self.progress.update(self.tasks[split], completed=done)
-        if not self.console.is_terminal:
-            self._log(split, done, total)
-
-    def _log(self, split: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        started = self.started.setdefault(split, now)
-        last = self.logged_at.get(split)
-        if split in self.ended or (
-            last is not None and done < total and now - last < SUMMARY_EVERY_S
-        ):
-            return
-        self.logged_at[split] = now
-        if done >= total:
-            self.ended.add(split)
-        share = done / total if total else 1.0
-        self.console.print(
-            f"decoding {split}: {done:,}/{total:,} ({share:.0%}); "
-            f"elapsed {duration_text(now - started)}"
-        )
 
 
 def format_epoch(m: "EpochMetrics", epochs: int, best: bool) -> Text:

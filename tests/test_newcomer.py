@@ -249,32 +249,6 @@ def test_run_logs_a_line_per_finished_trial_when_not_a_terminal(
     assert summaries and any("; trial 2 at epoch " in ln and "/6" in ln for ln in summaries)
 
 
-def test_decoding_and_teacher_views_log_where_they_stand_when_not_a_terminal(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """In a log, a quarter of an hour of teacher views printed nothing at all: each split now
-    logs its start, a line every SUMMARY_EVERY_S and its end, once."""
-    from io import StringIO
-
-    from rich.console import Console
-
-    from carbrand_search import progress
-
-    clock = iter([0.0, 10.0, 70.0, 95.0, 100.0, 200.0])
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
-    out = StringIO()
-    bars = progress.CacheProgress(Console(file=out, width=120, force_terminal=False))
-    with bars:
-        for done in (0, 100, 200, 300, 400, 400):  # at 0, 10, 70, 95, 100 and 200 s
-            bars("teacher views", done, 400)
-    lines = [ln for ln in out.getvalue().splitlines() if ln]
-    assert lines == [
-        "decoding teacher views: 0/400 (0%); elapsed 0s",
-        "decoding teacher views: 200/400 (50%); elapsed 1m10s",
-        "decoding teacher views: 400/400 (100%); elapsed 1m40s",
-    ]
-
-
 def test_version_a_help_for_users_and_flags_shown_as_flags() -> None:
     from importlib.metadata import version
 
