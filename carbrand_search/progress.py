@@ -322,6 +322,7 @@ class RichRunProgress:
         self.logged: set[int] | None = None  # trials whose end was logged (not a terminal)
         self.summarised_at = time.monotonic()
         self.cache: CacheProgress | None = None
+        self.decode_logged_at: dict[str, float] = {}  # per split, not a terminal
         self.live: Live | None = None
         self.budget = 0
 
@@ -346,9 +347,21 @@ class RichRunProgress:
         self.err_console.print(tagged("warning:", "yellow", text))
 
     def decoding(self, split: str, done: int, total: int) -> None:
+        if not self.console.is_terminal:
+            self._log_decoding(split, done, total)
+            return
         if self.cache is None:
             self.cache = CacheProgress(self.console).__enter__()
         self.cache(split, done, total)
+
+    def _log_decoding(self, split: str, done: int, total: int) -> None:
+        """For logs: a line every SUMMARY_EVERY_S while a split decodes (a study's teacher views
+        take minutes on a CPU); one that is done sooner says nothing."""
+        now = time.monotonic()
+        since = self.decode_logged_at.setdefault(split, now)
+        if now - since >= SUMMARY_EVERY_S:
+            self.decode_logged_at[split] = now
+            self.console.print(f"{self.name}: {split} {done:,}/{total:,} ({done / total:.0%})")
 
     def trials(self, trials: Sequence[FrozenTrial], budget: int) -> None:
         if self.clock is None:

@@ -249,6 +249,33 @@ def test_run_logs_a_line_per_finished_trial_when_not_a_terminal(
     assert summaries and any("; trial 2 at epoch " in ln and "/6" in ln for ln in summaries)
 
 
+def test_a_long_decode_logs_where_it_stands_when_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A study's teacher views ran 16–23 minutes on 2 cores and a log showed nothing of them:
+    a split that decodes for longer than SUMMARY_EVERY_S logs a line that often; a short one
+    (every test's) none."""
+    import io
+
+    from rich.console import Console
+
+    from carbrand_search import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    console = Console(file=out, width=120)
+    run = progress.RichRunProgress(console, console, "demo", "val_macro_f1", 4)
+    for t, done in [(0, 10), (30, 30), (61, 61), (90, 90), (122, 100)]:
+        now[0] = float(t)
+        run.decoding("teacher views", done, 100)
+    run.decoding("train", 5, 50)  # a new split starts its own clock
+    assert out.getvalue().splitlines() == [
+        "demo: teacher views 61/100 (61%)",
+        "demo: teacher views 100/100 (100%)",
+    ]
+
+
 def test_version_a_help_for_users_and_flags_shown_as_flags() -> None:
     from importlib.metadata import version
 

@@ -162,14 +162,24 @@ class _SteadyHeartbeats(RDBStorage):
 def _created(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> RDBStorage:
     """RDBStorage, which creates Optuna's tables on a fresh database. Processes opening one
     at once (the first `run`s, workers on many machines) race to create them: the losers fail
-    on a name the winner took (UniqueViolation), and find the tables there when they try
-    again."""
+    on a name the winner took, and find the tables there when they try again."""
     for attempt in range(1, TABLE_RACE_TRIES):
         try:
             return _SteadyHeartbeats(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except sqlalchemy.exc.IntegrityError:
+        except sqlalchemy.exc.DBAPIError as e:
+            if not _lost_table_race(e):
+                raise
             time.sleep(0.5 * attempt)
     return _SteadyHeartbeats(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
+def _lost_table_race(error: sqlalchemy.exc.DBAPIError) -> bool:
+    """PostgreSQL says UniqueViolation (an IntegrityError); SQLite "table … already exists"."""
+    if isinstance(error, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(
+        error.orig
+    )
 
 
 def open_storage(
