@@ -214,10 +214,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "carbrand_search", *args]
 
 
-def _default_sigint() -> None:
-    # A child of a shell running the tests in the background inherits SIGINT as ignored, and
-    # Python then installs no Ctrl-C handler: give it the disposition a terminal would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell running the tests in the background starts them with SIGINT ignored, which every
+# child would inherit (and Python then installs no Ctrl-C handler): handled here, it is back to
+# the default in a child at exec. This replaces a preexec_fn, which ran Python in the forked
+# child: with the test's gRPC client threads holding a lock at the fork, the child hung there and
+# so did the test (a fresh-clone CI run: the signals test's proxy variant, in Popen for minutes).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def start_cli(
@@ -228,7 +231,7 @@ def start_cli(
     does (every process in it)."""
     return subprocess.Popen(
         cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_default_sigint, env=env, start_new_session=own_group,
+        env=env, start_new_session=own_group,
     )  # fmt: skip
 
 
