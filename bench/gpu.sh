@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the throughput and packing benches in one call of about 3 minutes on one CUDA
+# The GPU figures of the throughput and packing benches in one call sized for about 3 minutes (not yet timed) on one CUDA
 # GPU (H100/H200), sized for a 15-minute device lease that also runs bench/gpu_cars.sh:
 #   bench/throughput.py  pipeline efficiency, images/s per model, K = 1 and 4 trainings packed
 #   bench/study.py       trials/hour, train images/s and each trial's device and peak GPU memory
