@@ -2,10 +2,11 @@
 the proxy, the token, and loopback by default. (SIGKILL and SIGTERM through the proxy are in
 test_faults and test_search, beside the same tests on the other storages.)"""
 
+import contextlib
 import ipaddress
+import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from carbrand_search.search.proxy import (
     check_listen,
     parse,
     serve,
+    sweep_stale,
 )
 from carbrand_search.search.storage import open_storage
 
@@ -51,12 +53,12 @@ def _listening_hosts(port: int) -> set[str]:
     return hosts
 
 
-@pytest.fixture
-def in_thread(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(proxy URL, database URL): a proxy served from a thread of this process, over SQLite,
-    heartbeat 1 s; stopped afterwards."""
+@contextlib.contextmanager
+def _proxy_in_thread(tmp_path: Path, heartbeat_s: int) -> Iterator[tuple[str, str]]:
+    """(proxy URL, database URL): a proxy served from a thread of this process, over SQLite;
+    stopped afterwards. It sweeps stale trials every `heartbeat_s`."""
     database = f"sqlite:///{tmp_path / 'proxied.db'}"
-    options = ProxyOptions(database, port=free_port(), heartbeat_s=1)
+    options = ProxyOptions(database, port=free_port(), heartbeat_s=heartbeat_s)
     stop, said = threading.Event(), []
     thread = threading.Thread(target=serve, args=(options, said.append, stop), daemon=True)
     thread.start()
@@ -65,6 +67,13 @@ def in_thread(tmp_path: Path) -> Iterator[tuple[str, str]]:
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def in_thread(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A proxy in a thread that sweeps every second (heartbeat 1 s)."""
+    with _proxy_in_thread(tmp_path, heartbeat_s=1) as urls:
+        yield urls
 
 
 def test_proxy_listens_on_loopback_by_default(in_thread: tuple[str, str]) -> None:
@@ -94,15 +103,26 @@ def test_heartbeats_are_relayed_and_a_silent_trial_is_swept_by_the_proxy(
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-def test_a_beating_trial_is_not_swept(in_thread: tuple[str, str]) -> None:
-    url, database = in_thread
-    client = open_storage(url, heartbeat_s=1)
-    study = optuna.create_study(study_name="alive", storage=client)
-    trial = study.ask()
-    for _ in range(8):  # 8 s: twice the grace period
-        client.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-        time.sleep(1)
-    assert open_storage(database).get_trial(trial._trial_id).state == TrialState.RUNNING
+def test_a_beat_through_the_proxy_keeps_a_trial_from_the_sweep(tmp_path: Path) -> None:
+    # No sleeping against the grace period (a loaded machine can stall a thread past it):
+    # both trials' heartbeats are made an hour old, one beats through the proxy, and one sweep
+    # with a 4-minute grace decides. The proxy's own sweep (hourly here) never runs meanwhile.
+    with _proxy_in_thread(tmp_path, heartbeat_s=3600) as (url, database):
+        client = open_storage(url, heartbeat_s=60)
+        study = optuna.create_study(study_name="alive", storage=client)
+        beating, silent = study.ask(), study.ask()
+        for trial in (beating, silent):
+            client.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        with sqlite3.connect(database.removeprefix("sqlite:///")) as db:
+            aged = db.execute(
+                "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')"
+            ).rowcount
+        assert aged == 2
+        client.record_heartbeat(beating._trial_id)  # type: ignore[attr-defined]
+        direct = open_storage(database, heartbeat_s=60)
+        assert sweep_stale(direct, print)
+        assert direct.get_trial(beating._trial_id).state == TrialState.RUNNING
+        assert direct.get_trial(silent._trial_id).state == TrialState.FAIL
 
 
 def test_the_token_is_required_once_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
