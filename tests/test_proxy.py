@@ -4,6 +4,7 @@ test_faults and test_search, beside the same tests on the other storages.)"""
 
 import contextlib
 import ipaddress
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -19,6 +20,8 @@ from typer.testing import CliRunner
 from carbrand_search.cli import app
 from carbrand_search.core.errors import UserError
 from carbrand_search.core.network import is_loopback
+from carbrand_search.core.process import stop_once
+from carbrand_search.search import proxy
 from carbrand_search.search.proxy import (
     BEAT_KEY,
     TOKEN_ENV,
@@ -123,6 +126,48 @@ def test_a_beat_through_the_proxy_keeps_a_trial_from_the_sweep(tmp_path: Path) -
         assert sweep_stale(direct, print)
         assert direct.get_trial(beating._trial_id).state == TrialState.RUNNING
         assert direct.get_trial(silent._trial_id).state == TrialState.FAIL
+
+
+def test_a_stop_signal_lets_the_sweep_under_way_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep fails a stale trial and then queues its retry: a stop between the two would leave
+    # a FAIL trial that nothing runs again. The signal lands in the main thread mid-sweep; the
+    # sweep is only let go once the handler has run.
+    assert threading.current_thread() is threading.main_thread()
+    sweeping, signalled, let_go, finished = (threading.Event() for _ in range(4))
+
+    def sweep(storage: object, say: object) -> bool:
+        sweeping.set()
+        let_go.wait(timeout=60)
+        finished.set()
+        return True
+
+    def stop_mid_sweep() -> None:
+        sweeping.wait(timeout=60)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        signalled.wait(timeout=60)
+        let_go.set()
+
+    monkeypatch.setattr(proxy, "sweep_stale", sweep)
+    options = ProxyOptions(f"sqlite:///{tmp_path / 's.db'}", port=free_port(), heartbeat_s=1)
+    threading.Thread(target=stop_mid_sweep, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt), stop_once(signal.SIGINT, on_stop=signalled.set):
+        serve(options, lambda _: None)
+    assert finished.is_set()
+
+
+def test_an_error_in_a_sweep_ends_the_proxy_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def sweep(storage: object, say: object) -> bool:
+        raise RuntimeError("not a database outage")
+
+    monkeypatch.setattr(proxy, "sweep_stale", sweep)
+    options = ProxyOptions(f"sqlite:///{tmp_path / 's.db'}", port=free_port(), heartbeat_s=1)
+    with pytest.raises(RuntimeError, match="not a database outage"):
+        serve(options, lambda _: None)
+    assert _listening_hosts(options.port) == set()  # the server stopped too
 
 
 def test_the_token_is_required_once_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

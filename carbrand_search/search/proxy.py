@@ -257,19 +257,55 @@ def serve(
         f"{options.heartbeat_s} s"
     )
     stop = stop or threading.Event()
-    # During an outage the workers' heartbeats could not land either: from when the database
-    # answers again, they get a grace period to beat before any trial counts as stale.
-    grace_s = options.heartbeat_s * defaults.GRACE_FACTOR
-    down, held_until = False, 0.0
+    sweeper = _Sweeper(storage, options.heartbeat_s, say, stop)
+    sweeper.start()
     try:
-        while not stop.wait(options.heartbeat_s):
-            if down:
-                if reachable(storage):
-                    down, held_until = False, time.monotonic() + grace_s
-            elif time.monotonic() >= held_until:
-                down = not sweep_stale(storage, say)
+        # The sweeps run in their own thread, so that a stop signal (which Python delivers to
+        # this, the main thread) lands here, idle, and never between failing a stale trial and
+        # queueing its retry: the sweep under way finishes first.
+        stop.wait()
     finally:
+        stop.set()
+        sweeper.join()
         server.stop(grace=2).wait()
+    sweeper.raise_error()
+
+
+class _Sweeper(threading.Thread):
+    """Sweeps stale trials every heartbeat until `stop` is set. An error other than the
+    database being unreachable ends it, sets `stop`, and is raised again by `raise_error`."""
+
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        heartbeat_s: int,
+        say: Callable[[str], None],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="carbrand-sweeper", daemon=True)
+        self.storage, self.heartbeat_s, self.say, self.stop = storage, heartbeat_s, say, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        # During an outage the workers' heartbeats could not land either: from when the
+        # database answers again, they get a grace period to beat before any trial counts as
+        # stale.
+        grace_s = self.heartbeat_s * defaults.GRACE_FACTOR
+        down, held_until = False, 0.0
+        try:
+            while not self.stop.wait(self.heartbeat_s):
+                if down:
+                    if reachable(self.storage):
+                        down, held_until = False, time.monotonic() + grace_s
+                elif time.monotonic() >= held_until:
+                    down = not sweep_stale(self.storage, self.say)
+        except BaseException as e:  # handed to the main thread, which reports it
+            self.error = e
+            self.stop.set()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def reachable(storage: optuna.storages.BaseStorage) -> bool:
