@@ -127,6 +127,16 @@ def test_verdict_from_the_matrix(
         assert f"{times_chance:.1f}× the 25% of guessing" in verdict.text
 
 
+def test_the_verdict_sets_the_top_brands_share_of_predictions_beside_its_share_of_images() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])  # 'a' is 2 of 8 images
+    preds = np.array([0, 0, 0, 1, 2, 2, 3, 3])  # and 3 of 8 predictions
+    ev = Evaluation(("a", "b", "c", "d"), labels, preds, np.zeros((8, 4)), np.zeros((8, 2, 2, 3)))
+    verdict = ev.verdict()
+    assert (verdict.top_predicted_class, verdict.top_predicted_share) == ("a", 0.375)
+    assert not verdict.collapsed and verdict.top_true_share == 0.25
+    assert "takes 37.5% of predictions (25.0% of the images)" in verdict.text
+
+
 def test_report_refuses_to_overwrite_without_force(done: Done, tmp_path: Path) -> None:
     out = tmp_path / "rep"
     out.mkdir()
@@ -263,7 +273,7 @@ def test_compare_has_a_row_per_study(
     rows = json.loads((out / "compare.json").read_text())
     assert len(rows) == 2 and rows[0]["study"] == "tiny" and rows[0]["model"] == "small_cnn"
     assert rows[0]["trials run"] == 2
-    head = "| study | model | teacher | val acc | test acc | macro-F1 | top make share |"
+    head = "| test acc | macro-F1 | top make share | its share of images | confusion matrix |"
     assert head in (out / "compare.md").read_text()
 
 

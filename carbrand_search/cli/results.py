@@ -88,7 +88,7 @@ def compare(
     tta: TtaOpt = False,
 ) -> None:
     """One table across studies: model, teacher, val and test accuracy, macro-F1, the most
-    predicted make's share, matrix pattern, trials."""
+    predicted make's share of predictions and of the images, matrix pattern, trials."""
     from carbrand_search.reports.compare import compare_studies
     from carbrand_search.search.storage import artifact_store
     from carbrand_search.search.study import open_study

@@ -25,8 +25,9 @@ def compare_rows(
     tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Per study: its best trial's model, teacher, val/test accuracy, macro-F1, the most
-    predicted make's share, matrix pattern, trials. Each study's test images come from `data`,
-    or from where its last run read them; `tta` adds the mirror image to each prediction."""
+    predicted make's share of predictions and of the images, matrix pattern, trials. Each
+    study's test images come from `data`, or from where its last run read them; `tta` adds the
+    mirror image to each prediction."""
     rows = []
     for study in studies:
         best = ranked_trials(study)[0]
@@ -44,6 +45,7 @@ def compare_rows(
                 "test acc": round(ev.accuracy, 4),
                 "macro-F1": round(ev.macro_f1, 4),
                 "top make share": round(ev.verdict().top_predicted_share, 4),
+                "its share of images": round(ev.verdict().top_true_share, 4),
                 "confusion matrix": "collapsed" if ev.verdict().collapsed else "no collapse",
                 "trials run": len(found),
                 "pruned": sum(t.state == TrialState.PRUNED for t in found),

@@ -44,6 +44,7 @@ class Verdict:
     collapsed: bool  # one brand takes COLLAPSE_SHARE of the predictions or more
     top_predicted_class: str
     top_predicted_share: float
+    top_true_share: float  # the same brand's share of the images: a larger share is bias
     diagonal_share: float
     times_chance: float  # diagonal share over 1 / brands
     classes_predicted: int
@@ -101,6 +102,7 @@ class Evaluation:
         predicted = cm.sum(axis=0)
         top = int(predicted.argmax())
         share = float(predicted[top] / cm.sum())
+        true_share = float(cm[top].sum() / cm.sum())
         diagonal = float(np.trace(cm) / cm.sum())
         used = int((predicted > 0).sum())
         chance = 1 / len(self.classes)
@@ -114,13 +116,14 @@ class Evaluation:
             text = (
                 f"no collapse: {diagonal:.0%} of test images on the diagonal "
                 f"({diagonal / chance:.1f}× the {chance:.0%} of guessing); the most "
-                f"predicted brand ('{self.classes[top]}') takes {share:.0%} of predictions; "
-                f"{used} of {len(self.classes)} brands predicted"
+                f"predicted brand ('{self.classes[top]}') takes {share:.1%} of predictions "
+                f"({true_share:.1%} of the images); {used} of {len(self.classes)} brands predicted"
             )
         return Verdict(
             collapsed=collapsed,
             top_predicted_class=self.classes[top],
             top_predicted_share=share,
+            top_true_share=true_share,
             diagonal_share=diagonal,
             times_chance=diagonal / chance,
             classes_predicted=used,
