@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/many-workers.json"))
     args = parser.parse_args()
     if args.quick:
-        args.workers, args.seconds, args.heartbeat = [2], 12, 1
+        args.workers, args.seconds, args.heartbeat = [2], 5, 1
     with psycopg.connect(args.pg) as conn:
         row = conn.execute("SHOW max_connections").fetchone()
     rows = []
