@@ -155,6 +155,7 @@ def _run(study: Path, done: Done, *extra: str):
     return runner.invoke(app, ["run", str(study), *done.args(), *extra])
 
 
+@pytest.mark.slow
 def test_a_distilled_study_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     done = Done(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art", demo_root, tmp_path)
     teacher = write_study(tmp_path, name="teacher", n_trials=1, epochs=2)

@@ -230,6 +230,7 @@ def test_shipped_studies_are_found_from_any_folder_without_settings(tmp_path: Pa
     assert optuna.load_study(study_name="cnn-demo", storage=f"sqlite:///{tmp_path / 's.db'}")
 
 
+@pytest.mark.slow
 def test_run_logs_a_line_per_finished_trial_when_not_a_terminal(
     done_copy: Done, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -216,7 +216,10 @@ def test_addresses_beyond_loopback_are_refused_unless_asked_with_a_token() -> No
         ("grpc://127.0.0.1:1", "no proxy answers there"),
     ],
 )
-def test_bad_proxy_urls_are_one_line(storage: str, expected: str) -> None:
+def test_bad_proxy_urls_are_one_line(
+    storage: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy, "CONNECT_TIMEOUT_S", 1)  # nothing answers on port 1: no 10 s wait
     result = runner.invoke(app, ["status", "tiny", "--storage", storage])
     assert result.exit_code == 2 and expected in result.output
     assert "Traceback" not in result.output

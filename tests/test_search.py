@@ -403,6 +403,7 @@ def test_a_trial_samples_by_its_number_whoever_asks(name: str) -> None:
     assert len({p["lr"] for p in first}) == 4
 
 
+@pytest.mark.slow
 def test_extending_a_study_proposes_no_set_it_has(done_copy: Done) -> None:
     """A second `run` of a finished study with a larger budget samples new parameter sets: with
     one seed per worker index it began the same stream again and repeated trial 1 exactly."""
