@@ -36,6 +36,7 @@ def compare_rows(
         ev = evaluate_split(tm, images.root, images.cache, skip_bad=images.skip_bad, tta=tta)
         found = trials(study)
         stored = record.read(best)
+        verdict = ev.verdict()
         rows.append(
             {
                 "study": study.study_name,
@@ -44,9 +45,9 @@ def compare_rows(
                 "val acc": round(stored.val.val_accuracy, 4) if stored.val else 0.0,
                 "test acc": round(ev.accuracy, 4),
                 "macro-F1": round(ev.macro_f1, 4),
-                "top make share": round(ev.verdict().top_predicted_share, 4),
-                "its share of images": round(ev.verdict().top_true_share, 4),
-                "confusion matrix": "collapsed" if ev.verdict().collapsed else "no collapse",
+                "top make share": round(verdict.top_predicted_share, 4),
+                "its share of images": round(verdict.top_true_share, 4),
+                "confusion matrix": "collapsed" if verdict.collapsed else "no collapse",
                 "trials run": len(found),
                 "pruned": sum(t.state == TrialState.PRUNED for t in found),
             }
