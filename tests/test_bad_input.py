@@ -261,6 +261,7 @@ def test_study_files_too_big_or_not_utf8_are_one_line_errors(tmp_path: Path) -> 
     [
         (["run", "cnn-demo", "--workers", "0"], r"error: --workers must be >= 1, got 0\n"),
         (["run", "cnn-demo", "--top", "0"], r"error: --top must be >= 1, got 0\n"),
+        (["run", "cnn-demo", "--threads", "0"], r"error: --threads must be >= 1, got 0\n"),
         (["run", "cnn-demo", "--n-trials", "0"], r"--n-trials must be in \[1, 1000000\], got 0"),
         (
             ["create", "cnn-demo", "--n-trials", "-3"],

@@ -41,7 +41,7 @@ from carbrand_search.search.runner import run_study
 from carbrand_search.search.samplers import make_sampler
 from carbrand_search.search.spec import load_spec
 from carbrand_search.search.storage import artifact_store, open_storage
-from carbrand_search.search.study import stored_spec
+from carbrand_search.search.study import ensure_study, stored_spec
 from carbrand_search.training.device import resolve_device
 from carbrand_search.training.parts import build_model
 
@@ -302,6 +302,8 @@ def test_cpu_cores_are_split_between_workers(monkeypatch: pytest.MonkeyPatch) ->
     assert plan_devices("cpu", 2, 1) == [("cpu", 4), ("cpu", 4)]
     assert plan_devices("cpu", 3, 1) == [("cpu", 2)] * 3
     assert plan_devices("cpu", 16, 1) == [("cpu", 1)] * 16
+    # `run --threads 1`: two studies side by side on 2 cores, one thread each.
+    assert plan_devices("cpu", 2, None, threads=1) == [("cpu", 1)] * 2
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             plan_devices("cuda", 1, 1)
@@ -547,6 +549,43 @@ def test_run_study_is_a_function_tests_can_call(demo_root: Path, tmp_path: Path)
     assert again.nothing_to_do and again.finished == 2
     with pytest.raises(UserError, match="--workers"):
         LaunchOptions(workers=0)
+
+
+@pytest.mark.slow
+def test_a_study_searching_two_model_families_trains_each_with_its_own_settings(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    path = write_study(tmp_path, n_trials=2, epochs=1)
+    path.write_text(
+        path.read_text().replace(
+            "[space.train.lr]",
+            """[model.resnet]
+layers = [1, 1, 1, 1]
+channels = [8, 8, 8, 8]
+stem_stride = 2
+[space.model.name]
+choices = ["small_cnn", "resnet"]
+default = "small_cnn"
+[space.model.attention]
+choices = ["none", "se"]
+default = "none"
+[space.train.lr]""",
+        )
+    )
+    spec = load_spec(str(path))
+    options = RunOptions(
+        storage=f"sqlite:///{tmp_path / 'study.db'}", artifacts=str(tmp_path / "a"),
+        data=demo_root, heartbeat_s=1,
+    )  # fmt: skip
+    study = ensure_study(spec, open_storage(options.storage), None)  # trial 0: the defaults
+    study.enqueue_trial({"model.name": "resnet"})  # the sampler fills in resnet's own settings
+    assert run_study(spec, options, LaunchOptions(workers=1), RecordedProgress()).budget_met
+    cnn, resnet = optuna.load_study(study_name="tiny", storage=options.storage).trials
+    assert (cnn.state, resnet.state) == (TrialState.COMPLETE, TrialState.COMPLETE)
+    assert "model.dropout" in cnn.params and "model.attention" not in cnn.params
+    assert "model.attention" in resnet.params and "model.dropout" not in resnet.params
+    built = [build_model(spec.resolve(space.decode(spec, t.params)), 3) for t in (cnn, resnet)]
+    assert [type(m).__name__ for m in built] == ["SmallCNN", "ResNet"]
 
 
 def test_the_live_view_shows_the_metric_the_study_monitors() -> None:

@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 
 from carbrand_search.core.errors import UserError
-from carbrand_search.search.space import decode, sample
+from carbrand_search.search.space import decode, encode, sample
 from carbrand_search.search.spec import SHIPPED_STUDIES, apply_overrides, load_spec
 
 MINIMAL = """
@@ -189,3 +189,109 @@ def test_space_samples_in_range_and_round_trips_through_storage() -> None:
         ]
         assert decode(spec, study.trials[-1].params) == params
         spec.resolve(params)  # every sampled point is a valid configuration
+
+
+FAMILIES = """
+[model]
+name = "resnet"
+channels = [16, 32, 64, 128]
+
+[model.small_cnn]
+batch_norm = true
+filters = [8, 16]
+
+[space.model.name]
+choices = ["resnet", "small_cnn"]
+default = "resnet"
+
+[space.model.layers]
+choices = [[1, 1, 1, 1], [2, 2, 1, 1]]
+default = [1, 1, 1, 1]
+
+[space.model.dropout]
+low = 0.0
+high = 0.5
+default = 0.3
+
+[space.train.lr]
+low = 1e-4
+high = 1e-2
+log = true
+default = 1e-3
+"""
+
+
+def test_a_searched_model_family_samples_only_its_own_settings(tmp_path: Path) -> None:
+    spec = load_spec(_study(tmp_path, FAMILIES))
+    assert spec.space[0].key == "model.name"  # sampled first: the rest depend on it
+    assert set(spec.defaults()) == {"model.name", "model.layers", "train.lr"}
+    assert spec.defaults("small_cnn") == {
+        "model.name": "small_cnn", "model.dropout": 0.3, "train.lr": 1e-3,
+    }  # fmt: skip
+    # A FixedTrial refuses a parameter it was not given: sampling a key of the other family fails.
+    cnn = sample(optuna.trial.FixedTrial(encode(spec.defaults("small_cnn"))), spec)
+    config = spec.resolve(cnn)
+    assert config.model.name == "small_cnn"
+    assert (config.model.params.filters, config.model.params.batch_norm) == ((8, 16), True)
+    resnet = spec.resolve(sample(optuna.trial.FixedTrial(encode(spec.defaults())), spec))
+    assert (resnet.model.name, resnet.model.params.channels) == ("resnet", (16, 32, 64, 128))
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    names = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = sample(trial, spec)
+        study.tell(trial, 0.0)
+        names.add(params["model.name"])
+        own = "model.dropout" if params["model.name"] == "small_cnn" else "model.layers"
+        other = {"model.dropout", "model.layers"} - {own}
+        assert own in params and not other & set(params)
+        assert (
+            spec.resolve(decode(spec, study.trials[-1].params)).model.name == params["model.name"]
+        )
+    assert names == {"resnet", "small_cnn"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("[space.model.dropout]", "[space.model.nope]"),
+            r"space\.model\.nope: not a setting of resnet or small_cnn",
+        ),
+        (
+            ('default = "resnet"', 'default = "small_cnn"'),
+            r"space\.model\.name\.default must be \[model\]'s name \('resnet'\)",
+        ),
+        (
+            ("[model.small_cnn]", "[model.resnet]"),
+            r"\[model\.resnet\]: resnet is \[model\]'s own family",
+        ),
+        (
+            ('choices = ["resnet", "small_cnn"]', 'choices = ["resnet", "small_cnn", "effnet"]'),
+            r"unknown model 'effnet'",
+        ),
+        (
+            ("high = 0.5", "high = 1.0"),
+            r"space\.model\.dropout\.high = 1\.0 \(with model\.name = ",
+        ),
+    ],
+)
+def test_bad_family_searches_are_refused_by_name(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(_study(tmp_path, FAMILIES.replace(*change)))
+    assert "\n" not in str(info.value)
+
+
+def test_another_familys_table_needs_the_family_searched(tmp_path: Path) -> None:
+    without_search = FAMILIES.replace("[space.model.name]", "[unused]")
+    unsearched = without_search[: without_search.index("[unused]")]
+    with pytest.raises(UserError, match=r"\[model\.small_cnn\] is read only when space\.model"):
+        load_spec(_study(tmp_path, unsearched))
+    # Fixing the family for every trial (what --set model.name=… writes) builds it from its table.
+    fixed = load_spec(_study(tmp_path, FAMILIES + '\n[overrides]\n"model.name" = "small_cnn"\n'))
+    config = fixed.resolve(fixed.defaults("small_cnn"))
+    assert (config.model.name, config.model.params.filters) == ("small_cnn", (8, 16))
+    assert [p.key for p in fixed.space] == ["model.dropout", "train.lr"]

@@ -114,6 +114,13 @@ def run(
         int | None,
         typer.Option(help="At most this many trials on one GPU (default: spread, no limit)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch in each worker (default: the cores split evenly). Two "
+            "studies side by side on one machine: --threads 1 each on 2 cores."
+        ),
+    ] = None,
     heartbeat: HeartbeatOpt = defaults.HEARTBEAT_S,
     cache_dir: CacheOpt = None,
     skip_bad: SkipBadOpt = False,
@@ -148,8 +155,8 @@ def run(
             heartbeat_s=heartbeat, skip_bad=skip_bad,
         )  # fmt: skip
         launch = LaunchOptions(
-            workers=workers, workers_per_gpu=workers_per_gpu, n_trials=n_trials,
-            warm_from=from_study, warm_top=top,
+            workers=workers, workers_per_gpu=workers_per_gpu, threads=threads,
+            n_trials=n_trials, warm_from=from_study, warm_top=top,
         )  # fmt: skip
         monitor = spec.base.train.monitor
         epochs = spec.base.train.epochs

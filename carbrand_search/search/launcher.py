@@ -19,22 +19,22 @@ from carbrand_search.training.device import pinned_gpu, resolve_device
 
 
 def plan_devices(
-    device: str, workers: int, workers_per_gpu: int | None = None
+    device: str, workers: int, workers_per_gpu: int | None = None, threads: int | None = None
 ) -> list[tuple[str, int]]:
     """(device, torch threads) per worker: `cuda` spreads them round-robin over the visible GPUs
     (as evenly as possible: no GPU holds two more than another), `cuda:N` puts them all on GPU
-    N, the CPU splits its cores evenly. `workers_per_gpu`, when given, is an upper bound."""
+    N. Each worker gets `threads`, or else an even share of the cores. `workers_per_gpu`, when
+    given, is an upper bound."""
     resolved = resolve_device(device)
+    cores = threads or max(1, (os.cpu_count() or 1) // workers)
     if resolved.type == "cpu":
-        cores = os.cpu_count() or 1
-        return [("cpu", max(1, cores // workers)) for _ in range(workers)]
+        return [("cpu", cores) for _ in range(workers)]
     gpus = [resolved.index or 0] if pinned_gpu(device) else list(range(torch.cuda.device_count()))
     if workers_per_gpu is not None and workers > len(gpus) * workers_per_gpu:
         raise UserError(
             f"--workers {workers} is more than {len(gpus)} GPU(s) × --workers-per-gpu "
             f"{workers_per_gpu}"
         )
-    cores = max(1, (os.cpu_count() or 1) // workers)
     return [(f"cuda:{gpus[i % len(gpus)]}", cores) for i in range(workers)]
 
 

@@ -33,6 +33,7 @@ class LaunchOptions:
 
     workers: int = 1
     workers_per_gpu: int | None = None  # an upper bound; None: spread over the GPUs, no bound
+    threads: int | None = None  # torch threads per worker; None: the cores split evenly
     n_trials: int | None = None  # None: the stored budget, or the study file's
     warm_from: str | None = None  # another study in the same storage
     warm_top: int = 3
@@ -40,7 +41,7 @@ class LaunchOptions:
     def __post_init__(self) -> None:
         counts = {
             "--workers": self.workers, "--workers-per-gpu": self.workers_per_gpu,
-            "--top": self.warm_top,
+            "--threads": self.threads, "--top": self.warm_top,
         }  # fmt: skip
         for option, value in counts.items():
             if value is not None and value < 1:

@@ -124,7 +124,7 @@ def _run_study(
     progress: RunProgress,
     waiting: WaitingWorkers,
 ) -> RunOutcome:
-    devices = plan_devices(options.device, launch.workers, launch.workers_per_gpu)
+    devices = plan_devices(options.device, launch.workers, launch.workers_per_gpu, launch.threads)
     cores = os.cpu_count() or 1
     if devices[0][0] == "cpu" and launch.workers > cores:
         progress.warning(

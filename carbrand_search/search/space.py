@@ -37,8 +37,13 @@ def decode_value(param: ParamSpec, stored: Any) -> Any:
 
 
 def sample(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """Sample the whole space of `spec` → {dotted key: value}."""
-    return {param.key: suggest(trial, param) for param in spec.space}
+    """Sample the space of `spec` → {dotted key: value}: model.name first where it is searched,
+    then only the model settings of the family it chose (Optuna's define-by-run)."""
+    values: dict[str, Any] = {}
+    for param in spec.space:
+        if spec.applies(param, values.get("model.name", spec.base.model.name)):
+            values[param.key] = suggest(trial, param)
+    return values
 
 
 def encode(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class StudySpec:
     sampler: SamplerConfig
     pruner: PrunerConfig
     tracking: TrackingConfig
+    # Each model family a trial may build, at its fixed settings: [model]'s, and when
+    # space.model.name searches families, each other one's [model.NAME] table (or its defaults).
+    families: Mapping[str, ModelConfig]
 
     @property
     def text_hash(self) -> str:
@@ -71,13 +74,22 @@ class StudySpec:
                 return int(max(param.choices) if param.choices else param.high or 0)
         return self.base.train.epochs
 
-    def defaults(self) -> dict[str, Any]:
-        """Each searched parameter at its declared default."""
-        return {p.key: p.default for p in self.space}
+    def applies(self, param: ParamSpec, family: str) -> bool:
+        """Whether a trial that builds model `family` samples `param` (model keys: per family)."""
+        return _applies(param, self.families[family])
+
+    def defaults(self, family: str | None = None) -> dict[str, Any]:
+        """Each searched parameter at its declared default: those of `family` (the file's own model
+        when None), with model.name set to it when families are searched."""
+        family = family or self.base.model.name
+        values = {p.key: p.default for p in self.space if self.applies(p, family)}
+        if "model.name" in values:
+            values["model.name"] = family
+        return values
 
     def resolve(self, params: Mapping[str, Any]) -> RunConfig:
         """The run config with `params` (dotted keys) applied to the file's fixed settings."""
-        return with_values(self.base, params)
+        return _resolve(self.base, self.families, params)
 
 
 # A study file is stored in the study and served by the dashboard on every request: bounded.
@@ -158,6 +170,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     if "name" not in model_table:
         raise ValueError(f"model.name is required (one of {', '.join(sorted(models.REGISTRY))})")
     model_name = coerce(model_table.pop("name"), str, "model.name")
+    others = _family_tables(model_name, model_table)
     base = RunConfig(
         data=build(DataConfig, raw.get("data", {}), "data"),
         model=ModelConfig(
@@ -169,9 +182,23 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
     fixed = raw.get("overrides", {})
     if not isinstance(fixed, Mapping):
         raise ValueError('[overrides] must be a table of dotted keys, e.g. "train.epochs" = 2')
-    base = with_values(base, fixed)
-    # An overridden key is fixed for every trial: it leaves the space.
-    space = tuple(p for p in _parse_space(base, raw.get("space", {})) if p.key not in fixed)
+    base = _resolve(base, others, fixed)
+    raw_space = raw.get("space", {})
+    named = _searched_families(model_name, base, others, raw_space)
+    # With model.name fixed (an override), every trial builds that family: the others' settings
+    # leave the space, as any overridden key does. model.name goes first: a trial samples its
+    # family before the settings that belong to it.
+    families = {base.model.name: base.model} if "model.name" in fixed else named
+    space = tuple(
+        sorted(
+            (
+                p
+                for p in _parse_space(base, named, raw_space)
+                if p.key not in fixed and any(_applies(p, m) for m in families.values())
+            ),
+            key=lambda p: p.key != "model.name",
+        )
+    )
     if base.distill.on:
         for param in space:
             if param.key in VIEW_RECIPE:
@@ -189,6 +216,7 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
         sampler=build(SamplerConfig, raw.get("sampler", {}), "sampler"),
         pruner=build(PrunerConfig, raw.get("pruner", {}), "pruner"),
         tracking=build(TrackingConfig, raw.get("tracking", {}), "tracking"),
+        families=families,
     )
     spec.resolve(spec.defaults())  # the defaults together must make a valid config
     for param in space:  # and so must every range end and choice, or trials would fail later
@@ -197,11 +225,89 @@ def _parse(path: Path, text: str, raw: dict[str, Any]) -> StudySpec:
             ("high", param.high),
         ]
         for name, value in ends:
-            try:
-                spec.resolve({**spec.defaults(), param.key: value})
-            except ValueError as e:
-                raise ValueError(f"space.{param.key}.{name} = {value!r}: {e}") from None
+            for family in [value] if param.key == "model.name" else families:
+                if not spec.applies(param, family):
+                    continue
+                where = f" (with model.name = {family!r})" if len(families) > 1 else ""
+                try:
+                    spec.resolve({**spec.defaults(family), param.key: value})
+                except ValueError as e:
+                    raise ValueError(f"space.{param.key}.{name} = {value!r}{where}: {e}") from None
     return spec
+
+
+def _is_setting(model: ModelConfig, name: str) -> bool:
+    return name in field_types(type(model.params))
+
+
+def _applies(param: ParamSpec, model: ModelConfig) -> bool:
+    section, _, name = param.key.partition(".")
+    return section != "model" or name == "name" or _is_setting(model, name)
+
+
+def _family_tables(name: str, table: dict[str, Any]) -> dict[str, ModelConfig]:
+    """Pop the [model.NAME] tables out of [model]: other families' fixed settings."""
+    others: dict[str, ModelConfig] = {}
+    for key in [k for k in table if k in models.REGISTRY]:
+        where = f"model.{key}"
+        if key == name:
+            raise ValueError(f"[{where}]: {name} is [model]'s own family; set its keys in [model]")
+        if not isinstance(table[key], Mapping):
+            raise ValueError(f"{where} must be a table of {key}'s settings")
+        others[key] = ModelConfig(key, build(models.entry(key).params, table.pop(key), where))
+    return others
+
+
+def _searched_families(
+    file_model: str,
+    base: RunConfig,
+    others: Mapping[str, ModelConfig],
+    raw_space: Mapping[str, Any],
+) -> dict[str, ModelConfig]:
+    """The families of space.model.name, `base`'s first, each at its fixed settings; only
+    `base`'s when the family is not searched. `file_model`: [model]'s name."""
+    section = raw_space.get("model") if isinstance(raw_space, Mapping) else None
+    table = section.get("name") if isinstance(section, Mapping) else None
+    if table is None:
+        if others:
+            first = next(iter(others))
+            raise ValueError(
+                f"[model.{first}] is read only when space.model.name searches {first}"
+            )
+        return {base.model.name: base.model}
+    if not isinstance(table, Mapping):
+        raise ValueError("space.model.name must be a table with choices")
+    param = _parse_param("model.name", str, table)
+    if not param.choices:
+        raise ValueError("space.model.name: search model families with choices = [...]")
+    if param.default != file_model:
+        raise ValueError(
+            f"space.model.name.default must be [model]'s name ({file_model!r}): [model] "
+            "holds the default family's settings"
+        )
+    for name in param.choices:
+        models.entry(name)  # an unknown name: one line listing the registry
+    unused = sorted(set(others) - set(param.choices))
+    if unused:
+        raise ValueError(
+            f"[model.{unused[0]}]: {unused[0]} is not one of space.model.name's choices"
+        )
+    families = {base.model.name: base.model}
+    for name in param.choices:
+        default = others.get(name) or ModelConfig(name, build(models.entry(name).params, {}, name))
+        families.setdefault(name, default)
+    return families
+
+
+def _resolve(
+    base: RunConfig, families: Mapping[str, ModelConfig], values: Mapping[str, Any]
+) -> RunConfig:
+    """`values` applied to `base`; a model.name with settings of its own starts from them."""
+    family = values.get("model.name")
+    if isinstance(family, str) and family in families:
+        base = dataclasses.replace(base, model=families[family])
+        values = {k: v for k, v in values.items() if k != "model.name"}
+    return with_values(base, values)
 
 
 def field_type(config: RunConfig, key: str) -> Any:
@@ -318,7 +424,11 @@ CHOICE_KEYS = {"choices", "default"}
 VIEW_RECIPE = {"data.min_scale", "data.hflip", "data.color_jitter", "data.fit"}
 
 
-def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]:
+def _parse_space(
+    base: RunConfig, families: Mapping[str, ModelConfig], raw: Mapping[str, Any]
+) -> Iterable[ParamSpec]:
+    if not isinstance(raw, Mapping):
+        raise ValueError("[space] must be a table of sections")
     for section, params in raw.items():
         if not isinstance(params, Mapping):
             raise ValueError(f"space.{section} must be a table of parameters")
@@ -328,7 +438,18 @@ def _parse_space(base: RunConfig, raw: Mapping[str, Any]) -> Iterable[ParamSpec]
                 raise ValueError(f"space.{key}: cannot be searched ({FIXED_PER_STUDY[key]})")
             if not isinstance(table, Mapping):
                 raise ValueError(f"space.{key} must be a table with low/high or choices")
-            yield _parse_param(key, field_type(base, key), table)
+            yield _parse_param(key, _searched_type(base, families, key), table)
+
+
+def _searched_type(base: RunConfig, families: Mapping[str, ModelConfig], key: str) -> Any:
+    """The type of `key`; a model setting's in the first searched family that has it."""
+    section, _, name = key.partition(".")
+    if section != "model" or name == "name" or len(families) == 1:
+        return field_type(base, key)
+    for model in families.values():
+        if _is_setting(model, name):
+            return field_types(type(model.params))[name]
+    raise ValueError(f"space.{key}: not a setting of {' or '.join(families)}")
 
 
 def _parse_param(key: str, tp: Any, table: Mapping[str, Any]) -> ParamSpec:

@@ -58,7 +58,7 @@ def dashboard_note(study: optuna.Study, spec: "StudySpec") -> str:
         f"# {spec.name}",
         spec.study.description,
         f"- data: {data.given} ({data.resolved})" if data else "- data: not recorded",
-        f"- model: {spec.base.model.name}; {len(spec.space)} searched parameters",
+        f"- model: {' or '.join(spec.families)}; {len(spec.space)} searched parameters",
         f"- trials: {finished(found)}/{budget(study, default=len(found))} finished "
         f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned), "
         f"{states[TrialState.FAIL]} failed",

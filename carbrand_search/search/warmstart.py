@@ -29,8 +29,9 @@ def invalid_reason(spec: StudySpec, values: dict[str, Any]) -> str | None:
             return f"{key} is not searched here"
         if not space.fits(by_key[key], value):
             return f"{key}={value!r} is outside this space"
+    family = values.get("model.name")
     try:
-        spec.resolve({**spec.defaults(), **values})
+        spec.resolve({**spec.defaults(family if family in spec.families else None), **values})
     except (ValueError, UserError) as e:
         return str(e)
     return None
