@@ -32,13 +32,16 @@ def test_healthy_trial_is_not_pruned() -> None:
     assert collapse_reason(CFG, [epoch(), epoch(), epoch()]) is None
 
 
-def test_one_class_predictions_prune_after_warmup_only() -> None:
+def test_one_class_predictions_prune_after_warmup_and_patience_only() -> None:
     assert collapse_reason(CFG, [epoch(top=1.0)]) is None  # epoch 1 is warm-up
-    reason = collapse_reason(CFG, [epoch(top=1.0), epoch(top=0.95, ratio=0.99)])
-    assert reason == PruneReason("one-class", 2, {"top_class_share": 0.95, "loss_ratio": 0.99})
+    assert collapse_reason(CFG, [epoch(top=1.0), epoch(top=0.95)]) is None  # 1 past warm-up
+    # One epoch on one class, then spread again: a spike, not a collapse.
+    assert collapse_reason(CFG, [epoch(), epoch(top=0.96), epoch(top=0.5)]) is None
+    reason = collapse_reason(CFG, [epoch(top=1.0), epoch(top=0.96), epoch(top=0.95, ratio=0.99)])
+    assert reason == PruneReason("one-class", 3, {"top_class_share": 0.95, "loss_ratio": 0.99})
     # Stored as one flat table, and read back as it was written.
     assert PruneReason.from_dict(reason.to_dict()) == reason
-    assert str(reason) == "rule=one-class, epoch=2, top_class_share=0.95, loss_ratio=0.99"
+    assert str(reason) == "rule=one-class, epoch=3, top_class_share=0.95, loss_ratio=0.99"
 
 
 def test_loss_at_chance_needs_patience_epochs_after_warmup() -> None:
@@ -70,8 +73,8 @@ def _trial_with(study: optuna.Study, epochs: list[EpochMetrics], value: float) -
 
 def test_pruner_in_a_study() -> None:
     study = optuna.create_study(direction="maximize", pruner=CollapsePruner(CFG))
-    assert _trial_with(study, [epoch(), epoch(top=0.99)], 0.1).should_prune()
-    assert not _trial_with(study, [epoch(), epoch()], 0.5).should_prune()
+    assert _trial_with(study, [epoch(), epoch(top=0.99), epoch(top=0.99)], 0.1).should_prune()
+    assert not _trial_with(study, [epoch(), epoch(), epoch()], 0.5).should_prune()
 
 
 def test_median_pruner_combines() -> None:
@@ -122,7 +125,8 @@ def test_median_rule_respects_warmup(warmup: int, at_epoch: int, prunable: bool)
 
 @pytest.mark.parametrize(("warmup", "at_epoch", "prunable"), WARMUP_TABLE)
 def test_collapse_rule_respects_warmup(warmup: int, at_epoch: int, prunable: bool) -> None:
-    cfg = PrunerConfig(warmup_epochs=warmup, optuna="none")
+    # patience 1: one collapsed epoch past the warm-up is enough (the default waits for 2).
+    cfg = PrunerConfig(warmup_epochs=warmup, optuna="none", patience=1)
     study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
     collapsed = _trial_with(study, [epoch(top=1.0)] * at_epoch, 0.5)
     assert collapsed.should_prune() is prunable
@@ -147,7 +151,7 @@ def test_hyperband_is_a_hyperband_pruner_for_tpe() -> None:
     study = optuna.create_study(
         direction="maximize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0)
     )
-    collapsed = _trial_with(study, [epoch(top=1.0), epoch(top=1.0)], 0.5)
+    collapsed = _trial_with(study, [epoch(top=1.0)] * 3, 0.5)
     assert collapsed.should_prune()  # collapse first, before Hyperband has any rung data
 
     def objective(trial: optuna.Trial) -> float:

@@ -271,7 +271,8 @@ class PrunerConfig:
     loss_tolerance: float = 0.02
     """Collapse: |val loss / ln(classes) − 1| within this counts as stuck."""
     patience: int = 2
-    """Collapse: epochs a loss must stay stuck before the trial is pruned."""
+    """Collapse: epochs in a row, after the warm-up, that predictions must stay on one class or
+    a loss stuck before the trial is pruned."""
     optuna: Literal["none", "median", "hyperband", "successive_halving"] = "median"
     """Optuna's pruner after the collapse rules."""
     optuna_patience: int = 0

@@ -31,7 +31,11 @@ def collapse_reason(
         return record.PruneReason("diverged", epoch, {"val_loss": str(last.val_loss)})
     if not cfg.collapse or epoch < cfg.first_prunable_epoch:
         return None
-    if last.top_class_share > cfg.max_top_class_share:
+    # A collapse lasts: one epoch on one class in a learning-rate warm-up is not one (a distilled
+    # student spiked to 96% for an epoch, then learned; bench/RESULTS.md).
+    recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
+    stuck = len(recent) == cfg.patience
+    if stuck and all(e.top_class_share > cfg.max_top_class_share for e in recent):
         return record.PruneReason(
             "one-class",
             epoch,
@@ -40,10 +44,7 @@ def collapse_reason(
                 "loss_ratio": round(last.loss_ratio, 4),
             },
         )
-    recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
-    if len(recent) == cfg.patience and all(
-        abs(e.loss_ratio - 1.0) <= cfg.loss_tolerance for e in recent
-    ):
+    if stuck and all(abs(e.loss_ratio - 1.0) <= cfg.loss_tolerance for e in recent):
         return record.PruneReason(
             "chance-loss",
             epoch,
