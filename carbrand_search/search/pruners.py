@@ -32,7 +32,7 @@ def collapse_reason(
     if not cfg.collapse or epoch < cfg.first_prunable_epoch:
         return None
     # A collapse lasts: one epoch on one class in a learning-rate warm-up is not one (a distilled
-    # student spiked to 96% for an epoch, then learned; bench/RESULTS.md).
+    # student put 96% on one make for one epoch, then spread again; bench/RESULTS.md).
     recent = epochs[cfg.warmup_epochs :][-cfg.patience :]
     stuck = len(recent) == cfg.patience
     if stuck and all(e.top_class_share > cfg.max_top_class_share for e in recent):
