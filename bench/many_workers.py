@@ -7,7 +7,8 @@ proxy`), with a trivial objective (no torch).
 
 For each mode and N: N spawned worker processes open the storage as `run`'s workers do
 (heartbeat on, a dead worker's trial queued again), wait at a barrier until all have started,
-then optimise x² for `--seconds`. One more worker starts a trial that never ends and is
+then optimise x² for `--seconds` (and on until the killed trial below is queued again: the
+live workers are what sweeps it). One more worker starts a trial that never ends and is
 SIGKILLed once it runs. Recorded:
 - trials per second over the window (all COMPLETE trials of the N workers);
 - peak connections to the study's database (pg_stat_activity, sampled every 0.2 s);
@@ -45,11 +46,14 @@ def open_for_work(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
 
 
 STUDY = "many"
+WAIT_S = 120  # the longest the victim's trial may take to start, and to be queued again
 
 
 def worker(
-    url: str, heartbeat_s: int, seconds: float, ready: Any, start: Any, errors: Any
+    url: str, heartbeat_s: int, seconds: float, ready: Any, start: Any, done: Any, errors: Any
 ) -> None:
+    """Optimises x² for `seconds`, and on until `done`: the live workers are what sweeps the
+    victim's stale trial, so they must outlast its requeue however slowly the machine runs."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         try:
@@ -57,7 +61,13 @@ def worker(
         finally:
             ready.put(os.getpid())  # a worker that could not even connect is counted, not awaited
         start.wait()
-        study.optimize(lambda t: t.suggest_float("x", -10, 10) ** 2, timeout=seconds)
+        began = time.monotonic()
+
+        def enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            if time.monotonic() - began >= seconds and done.is_set():
+                study.stop()
+
+        study.optimize(lambda t: t.suggest_float("x", -10, 10) ** 2, callbacks=[enough])
     except Exception as e:  # counted, not raised: the point is to see whether any occur
         errors.put(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
@@ -135,9 +145,11 @@ def measure(admin: str, mode: str, workers: int, seconds: float, heartbeat_s: in
         url = f"grpc://127.0.0.1:{port}"
     optuna.create_study(study_name=STUDY, storage=open_storage(url))
     context = mp.get_context("spawn")
-    start, ready, errors = context.Event(), context.Queue(), context.Queue()
+    start, done, ready, errors = context.Event(), context.Event(), context.Queue(), context.Queue()
     processes = [
-        context.Process(target=worker, args=(url, heartbeat_s, seconds, ready, start, errors))
+        context.Process(
+            target=worker, args=(url, heartbeat_s, seconds, ready, start, done, errors)
+        )
         for _ in range(workers)
     ]
     doomed = context.Process(target=victim, args=(url, heartbeat_s, ready, start))
@@ -151,7 +163,8 @@ def measure(admin: str, mode: str, workers: int, seconds: float, heartbeat_s: in
     start.set()
     study = optuna.load_study(study_name=STUDY, storage=open_storage(direct))
     victim_trial = None
-    while victim_trial is None and doomed.is_alive() and time.time() - began < seconds:
+    # Not bounded by `seconds`: on a loaded machine the victim's trial may start late.
+    while victim_trial is None and doomed.is_alive() and time.time() - began < WAIT_S:
         running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,), deepcopy=False)
         victim_trial = next((t for t in running if t.user_attrs.get("victim")), None)
         time.sleep(0.1)
@@ -159,12 +172,13 @@ def measure(admin: str, mode: str, workers: int, seconds: float, heartbeat_s: in
     if victim_trial is not None:
         os.kill(doomed.pid or 0, signal.SIGKILL)
         killed = time.monotonic()
-        while time.monotonic() - killed < 120:
+        while time.monotonic() - killed < WAIT_S:
             found = study.get_trials(deepcopy=False)
             if any(t.system_attrs.get("failed_trial") == victim_trial.number for t in found):
                 requeued_s = round(time.monotonic() - killed, 1)
                 break
             time.sleep(0.2)
+    done.set()
     for p in processes:
         p.join()
     ended = time.time()
