@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, Done, write_study
 
 pytestmark = pytest.mark.slow  # each starts a bench script
 
@@ -107,3 +107,21 @@ def test_startup_bench(tmp_path: Path) -> None:
 def test_hostile_inputs_bench(tmp_path: Path) -> None:
     result = run_bench("hostile.py", tmp_path / "result.json")
     assert result["counts"] == {"one-line error": 3}, result["rows"]
+
+
+def test_teacher_targets_bench(done: Done, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    ran = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "teacher_targets.py"), "tiny", *done.args(),
+         "--study", str(write_study(tmp_path)), "--views", "2", "--temperatures", "1", "4",
+         "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    result = json.loads(out.read_text())
+    assert result["views"] == 2 and result["images"] > 0
+    cold, hot = result["rows"]
+    assert (cold["teacher"], cold["temperature"], hot["temperature"]) == ("tiny", 1.0, 4.0)
+    # The same views at both temperatures: the top class does not move, the spread only widens.
+    assert cold["agreement"] == hot["agreement"]
+    assert 0 < cold["others_entropy"] <= hot["others_entropy"] <= 1

@@ -3,6 +3,7 @@
 import hashlib
 import math
 import shutil
+from dataclasses import astuple
 from pathlib import Path
 
 import optuna
@@ -32,6 +33,7 @@ from carbrand_search.training.distill import (
     Teaching,
     distillation_loss,
     draw_views,
+    soft_targets,
     teacher_logits,
 )
 from carbrand_search.training.fit import predict
@@ -57,6 +59,21 @@ def test_the_loss_is_the_hand_computed_mix_of_labels_and_teacher() -> None:
     expected = (1 - alpha) * ce + alpha * t**2 * kl / 2
     loss = distillation_loss(logits, labels, teacher, nn.CrossEntropyLoss(), alpha, t)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_teachers_soft_targets_are_summarised_as_by_hand() -> None:
+    # One image, two views, 3 classes, label 0. At T = 1 the first view is (0.5, 0.25, 0.25):
+    # top class right, the other two even (entropy 1 of uniform); the second is (0.1, 0.6, 0.3):
+    # top class wrong, the rest (0.25, 0.75) with entropy 0.8113 of ln 2.
+    logits = torch.tensor([[[4.0, 2.0, 2.0], [1.0, 6.0, 3.0]]]).log()
+    rest = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    found = soft_targets(logits, torch.tensor([0]), 1.0)
+    assert found.agreement == pytest.approx(0.5)
+    assert found.label_prob == pytest.approx((0.5 + 0.1) / 2)
+    assert found.others_entropy == pytest.approx((1 + rest) / 2)
+    # T divides the logits before the softmax.
+    hotter = soft_targets(logits * 2, torch.tensor([0]), 2.0)
+    assert astuple(hotter) == pytest.approx(astuple(found))
 
 
 def test_alpha_zero_is_exactly_the_plain_loss() -> None:
@@ -164,6 +181,7 @@ def test_a_distilled_study_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     result = _run(_student(tmp_path), done)
     assert result.exit_code == 0, result.output
     assert "teacher: teacher trial 0" in result.output and "computed now" in result.output
+    assert "it gives the label" in result.output and "of the uniform entropy" in result.output
     assert (
         pinned_teacher(open_storage(done.url), "student")
         == record.read(optuna.load_study(study_name="student", storage=done.url).trials[0]).teacher

@@ -206,9 +206,12 @@ def _check_teacher(
     )  # fmt: skip
     if teacher is not None:
         how = "from the cache" if teacher.reused else "computed now"
+        t = teacher.targets
         progress.note(
             f"teacher: {teacher.ref}; {cfg.views} views per training image ({how}); its top "
-            f"class is the label on {teacher.agreement:.1%} of them"
+            f"class is the label on {t.agreement:.1%} of them; at T {cfg.temperature:g} it gives "
+            f"the label {t.label_prob:.2f} on average and spreads the rest at "
+            f"{t.others_entropy:.2f} of the uniform entropy"
         )
     return teacher
 

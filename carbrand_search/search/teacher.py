@@ -25,7 +25,14 @@ from carbrand_search.search.record import TeacherRef
 from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import best_trials, pinned_teacher, stored_spec, trials
 from carbrand_search.search.trained import TrialModel, load_trial_model
-from carbrand_search.training.distill import TeacherViews, Views, draw_views, teacher_logits
+from carbrand_search.training.distill import (
+    SoftTargets,
+    TeacherViews,
+    Views,
+    draw_views,
+    soft_targets,
+    teacher_logits,
+)
 from carbrand_search.training.parts import augment_for, precision_for
 
 VIEWS_VERSION = 1
@@ -40,7 +47,7 @@ class Teacher:
     ref: TeacherRef
     views: TeacherViews
     reused: bool  # the views came from the cache
-    agreement: float  # share of views on which the teacher's top class is the label
+    targets: SoftTargets  # its outputs for the views at the study's temperature
 
 
 def study_teacher(
@@ -159,8 +166,8 @@ def prepare_teacher(
     if stored is None:
         raise UserError(f"teacher views {folder} could not be read back right after writing")
     teacher_views, labels = stored
-    agreement = (teacher_views.logits.argmax(-1) == labels[:, None]).float().mean().item()
-    return Teacher(ref, teacher_views, reused, agreement)
+    targets = soft_targets(teacher_views.logits, labels, cfg.temperature)
+    return Teacher(ref, teacher_views, reused, targets)
 
 
 def _write(

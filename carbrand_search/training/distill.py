@@ -5,6 +5,7 @@ timm's `LogitDistillationTask` computes the same loss inside its forward pass, w
 teacher on every batch; here the teacher ran once per study, so the loss is taken against
 stored logits (with timm's formula: batch-mean KL of log-probabilities, times T²)."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +36,32 @@ def distillation_loss(
     teacher = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kd = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
     return (1 - alpha) * task + alpha * temperature**2 * kd
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """What a teacher's outputs say beyond the label, at the distillation temperature. A teacher
+    trained with label smoothing spreads its wrong classes evenly (`others_entropy` near 1),
+    which tells a student nothing about which makes look alike (Müller et al., NeurIPS 2019)."""
+
+    agreement: float  # share of views whose top class is the label
+    label_prob: float  # mean probability on the label at T
+    others_entropy: float  # mean entropy of the non-top classes, renormalised, over ln(C − 1)
+
+
+def soft_targets(logits: Tensor, labels: Tensor, temperature: float) -> SoftTargets:
+    """`logits` (N, K, C) of K views of N images with `labels` (N,), summarised at T."""
+    labels = labels.long()[:, None].expand(logits.shape[:2])
+    p = (logits.float() / temperature).softmax(-1)
+    top = p.argmax(-1, keepdim=True)
+    others = p.scatter(-1, top, 0.0)
+    others = others / others.sum(-1, keepdim=True)
+    entropy = -(others * others.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1] - 1)
+    return SoftTargets(
+        agreement=(top.squeeze(-1) == labels).float().mean().item(),
+        label_prob=p.gather(-1, labels[..., None]).mean().item(),
+        others_entropy=entropy.mean().item(),
+    )
 
 
 @dataclass(frozen=True)
