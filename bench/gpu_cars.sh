@@ -2,14 +2,15 @@
 # The real-photo searches on one CUDA GPU, in one call: the teacher search (studies/cars-teacher),
 # then at once, on the same GPU, the scratch students with and without that teacher at PX px
 # (default 192): the patient single-recipe pair (bench/studies/cars-student-long.toml, EPOCHS
-# epochs, 64 cached views) and the cars-student search (its 10 trials); then `report` for each
+# epochs, VIEWS cached views) and the cars-student search (its 10 trials); then `report` for each
 # and one `compare`. Each stage has a time cap, so a slow stage leaves the next its time; `run`
 # marks what a cap cut short FAIL and the reports use the trials that finished.
 # Usage: bash bench/gpu_cars.sh DATA WEIGHTS OUT
 #   DATA     `carbrand-search data split …/stanford-cars-brands-crops-224 DATA --min-per-class 50`
 #   WEIGHTS  ImageNet weights for timm's tf_efficientnet_lite0 (safetensors)
 #   OUT      the storage, the reports, compare and every log land here
-# Knobs (environment): PX, EPOCHS (100), TEACHER_TRIALS (4), STUDENT_TRIALS (10), SEARCH_EPOCHS
+# Knobs (environment): PX, EPOCHS (100), VIEWS (64 cached views; 0 runs the teacher on every
+# batch, a fresh view each step), TEACHER_TRIALS (4), STUDENT_TRIALS (10), SEARCH_EPOCHS
 # (the study file's 24), TEACHER_EPOCHS (the file's 8), TEACHER_S / STUDENTS_S / REPORTS_S (stage
 # caps in seconds: 150, 240, 60).
 set -uo pipefail
@@ -21,7 +22,7 @@ px=${PX:-192}
 store=(--storage "sqlite:///$out/crops.db" --artifacts "$out/artifacts")
 where=("${store[@]}" --cache-dir "$out/cache")
 student=(--data "$data" "${where[@]}" --set "data.image_size=$px" --set "data.cache_size=$((px + px / 6))")
-student+=(--set distill.views=64)
+student+=(--set "distill.views=${VIEWS:-64}")
 plain=(--set 'distill.teacher=""' --set distill.alpha=0 --set distill.temperature=1)
 search=(--n-trials "${STUDENT_TRIALS:-10}" --workers 4)
 [ -n "${SEARCH_EPOCHS:-}" ] && search+=(--set "train.epochs=$SEARCH_EPOCHS")

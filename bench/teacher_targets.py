@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/teacher-targets.json")
     args = ap.parse_args()
+    if args.views < 1:
+        ap.error("--views: at least 1 (the summary is of the cached views' outputs)")
 
     data = load_spec(args.study).base.data
     storage, artifacts = open_storage(args.storage), artifact_store(args.artifacts)

@@ -29,6 +29,7 @@ from carbrand_search.search.teacher import (
 )
 from carbrand_search.search.trained import load_trial_model
 from carbrand_search.training.distill import (
+    LiveTeacher,
     TeacherViews,
     Teaching,
     distillation_loss,
@@ -105,7 +106,7 @@ def test_teacher_and_student_see_the_same_crop_and_flip_at_their_own_sizes() -> 
     n, k = 6, 4
     data = DataConfig(cache_size=128, image_size=64, crop="resized", min_scale=0.3, hflip=True,
                       color_jitter=0.0)  # fmt: skip
-    views = draw_views(n, k, data, seed=0)
+    views = draw_views(n, k, data, torch.Generator().manual_seed(0))
     assert views.flips.any() and not views.flips.all()
     plain = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: columns stay readable
     teacher_aug = Augment(DataConfig(cache_size=128, image_size=64, color_jitter=0.0), *plain)
@@ -132,7 +133,36 @@ def test_teacher_and_student_see_the_same_crop_and_flip_at_their_own_sizes() -> 
     assert (taught[:, 0] > taught[:, 1]).any()  # some of the views shown are mirrored
 
 
-def _student(folder: Path, teacher: str = "teacher", n_trials: int = 2, **extra: str) -> Path:
+def test_a_teacher_on_every_batch_sees_the_students_fresh_crop_and_flip() -> None:
+    n = 16
+    plain = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: columns stay readable
+    teacher_aug = Augment(DataConfig(cache_size=128, image_size=64, color_jitter=0.0), *plain)
+    student_data = DataConfig(cache_size=48, image_size=24, crop="resized", min_scale=0.3,
+                              hflip=True, color_jitter=0.0)  # fmt: skip
+    teacher_split = DeviceSplit.from_arrays(
+        _ramps(n, 128).numpy(), torch.zeros(n, dtype=torch.int64).numpy(), CPU
+    )
+    teaching = Teaching(
+        LiveTeacher(_EdgeMeans(), teacher_split, teacher_aug, Precision()), 0.5, 1.0
+    )
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    shown = []
+    for _ in range(2):
+        x, loss = teaching.batch(
+            Augment(student_data, *plain), index, _ramps(n, 48)[index], g, nn.CrossEntropyLoss()
+        )
+        taught = loss.keywords["teacher_logits"]
+        # The teacher saw the very crop and flip the student was shown, at 64 px and at 24 px.
+        assert torch.allclose(_EdgeMeans()(x), taught, atol=0.03)
+        assert (taught[:, 0] > taught[:, 1]).any() and (taught[:, 0] < taught[:, 1]).any()
+        shown.append(x)
+    assert not torch.allclose(shown[0], shown[1])  # a fresh view each step
+
+
+def _student(
+    folder: Path, teacher: str = "teacher", n_trials: int = 2, views: int = 3, **extra: str
+) -> Path:
     lines = "\n".join(f"{k} = {v}" for k, v in extra.items())
     path = folder / "student.toml"
     path.write_text(
@@ -152,7 +182,7 @@ batch_norm = true
 epochs = 2
 [distill]
 teacher = "{teacher}"
-views = 3
+views = {views}
 {lines}
 [space.distill.alpha]
 low = 0.2
@@ -208,6 +238,18 @@ def test_a_distilled_study_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     ).replace("\\", "")  # fmt: skip
 
 
+@pytest.mark.slow
+def test_a_study_whose_teacher_runs_on_every_batch(done_copy: Done, tmp_path: Path) -> None:
+    result = _run(_student(tmp_path, "tiny", n_trials=1, views=0), done_copy)
+    assert result.exit_code == 0, result.output
+    assert "teacher: tiny trial" in result.output and "runs on every batch" in result.output
+    (trial,) = optuna.load_study(study_name="student", storage=done_copy.url).trials
+    assert trial.state.name == "COMPLETE"
+    assert record.read(trial).teacher == pinned_teacher(open_storage(done_copy.url), "student")
+    cached = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert cached and not [name for name in cached if name.startswith("teacher-")]
+
+
 def test_cached_views_are_reused_and_rebuilt_when_the_weights_change(done_copy: Done) -> None:
     storage, artifacts = open_storage(done_copy.url), artifact_store(str(done_copy.artifacts))
     tree = scan(done_copy.data)
@@ -221,7 +263,7 @@ def test_cached_views_are_reused_and_rebuilt_when_the_weights_change(done_copy: 
 
     first, again = prepared(), prepared()
     assert (first.reused, again.reused) == (False, True)
-    assert torch.equal(first.views.logits, again.views.logits)
+    assert torch.equal(first.source.logits, again.source.logits)
     study = optuna.load_study(study_name="tiny", storage=storage)
     zero, one = (record.read(t).checkpoint for t in study.trials[:2])
     assert zero and one
@@ -229,7 +271,7 @@ def test_cached_views_are_reused_and_rebuilt_when_the_weights_change(done_copy: 
     shutil.copy(done_copy.artifacts / one, done_copy.artifacts / zero)
     rebuilt = prepared()
     assert not rebuilt.reused and rebuilt.ref.weights_sha256 != first.ref.weights_sha256
-    assert not torch.equal(rebuilt.views.logits, first.views.logits)
+    assert not torch.equal(rebuilt.source.logits, first.source.logits)
 
 
 def test_teachers_that_cannot_teach_are_refused_before_any_trial(

@@ -162,7 +162,7 @@ class DistillConfig:
         "trial": Bound(-1),
         "alpha": Bound(0, 1),
         "temperature": Bound(0, 100, low_open=True),
-        "views": Bound(1, MAX_VIEWS),
+        "views": Bound(0, MAX_VIEWS),
     }
 
     teacher: str = ""
@@ -175,7 +175,9 @@ class DistillConfig:
     """Softens both distributions in the teacher's term."""
     views: int = 8
     """Fixed augmented views per training image whose teacher outputs are computed once per
-    study and cached; each epoch the student sees one of them, drawn at random."""
+    study and cached; each epoch the student sees one of them, drawn at random. 0 = none: the
+    teacher runs on every batch, on a fresh view each step (on a GPU; on a CPU its forward pass
+    costs more than the student's step)."""
 
     def __post_init__(self) -> None:
         check_bounds("distill", self, self.BOUNDS)
@@ -183,6 +185,11 @@ class DistillConfig:
     @property
     def on(self) -> bool:
         return bool(self.teacher)
+
+    @property
+    def live(self) -> bool:
+        """The teacher runs on every batch instead of from cached views."""
+        return self.views == 0
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,10 @@ class DeviceSplit:
             labels = self.labels[label_order[start : start + batch_size]]
             yield order[start : start + batch_size], self._on_device(images), labels
 
+    def rows(self, index: Tensor) -> Tensor:
+        """The images of rows `index` (on the host), on the device."""
+        return self._on_device(self._gather(index.to(self.images.device)))
+
     def _gather(self, index: Tensor) -> Tensor:
         if self.images.is_pinned():
             # Indexing would return pageable memory, whose "non-blocking" copy blocks: gather into

@@ -90,7 +90,7 @@ class Objective:
     artifacts: ArtifactStore
     budget: int
     worker: str
-    teacher: Teacher | None = None  # the study's, its views on the training device
+    teacher: Teacher | None = None  # the study's, its views or itself on the training device
 
     def __call__(self, trial: optuna.Trial) -> float:
         if is_surplus(trials(trial.study), trial.number, self.budget):
@@ -195,7 +195,7 @@ class Objective:
         if self.teacher is not None:
             record.taught_by(trial, self.teacher.ref)
             teaching = Teaching(
-                self.teacher.views, config.distill.alpha, config.distill.temperature
+                self.teacher.source, config.distill.alpha, config.distill.temperature
             )
         result = fit(
             model, self.data, config, listener, resume=state, checkpointer=saver,

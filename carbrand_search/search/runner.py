@@ -197,22 +197,30 @@ def _check_teacher(
     progress: RunProgress,
 ) -> Teacher | None:
     """A study with a teacher: refuse a teacher that cannot teach before any trial, and
-    compute its outputs for the training views here, once, for every worker."""
+    compute its outputs for the training views here, once, for every worker (unless it runs
+    on every batch)."""
     cfg = spec.base.distill
+    # A teacher that runs on every batch is only checked here (and its images decoded): each
+    # worker puts it on its own device.
+    where = torch.device("cpu" if cfg.live else device)
     teacher = study_teacher(
         cfg, spec.base.data, store, artifact_store(options.artifacts), scan(options.data),
-        options.cache_root, options.skip_bad, torch.device(device), student=spec.name,
+        options.cache_root, options.skip_bad, where, student=spec.name,
         on_progress=lambda done, total: progress.decoding("teacher views", done, total),
     )  # fmt: skip
-    if teacher is not None:
-        how = "from the cache" if teacher.reused else "computed now"
-        t = teacher.targets
-        progress.note(
-            f"teacher: {teacher.ref}; {cfg.views} views per training image ({how}); its top "
-            f"class is the label on {t.agreement:.1%} of them; at T {cfg.temperature:g} it gives "
-            f"the label {t.label_prob:.2f} on average and spreads the rest at "
-            f"{t.others_entropy:.2f} of the uniform entropy"
-        )
+    if teacher is None:
+        return None
+    t = teacher.targets
+    if t is None:
+        progress.note(f"teacher: {teacher.ref}; it runs on every batch, a fresh view each step")
+        return teacher
+    how = "from the cache" if teacher.reused else "computed now"
+    progress.note(
+        f"teacher: {teacher.ref}; {cfg.views} views per training image ({how}); its top "
+        f"class is the label on {t.agreement:.1%} of them; at T {cfg.temperature:g} it gives "
+        f"the label {t.label_prob:.2f} on average and spreads the rest at "
+        f"{t.others_entropy:.2f} of the uniform entropy"
+    )
     return teacher
 
 

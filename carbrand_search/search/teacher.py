@@ -1,6 +1,7 @@
 """A study's teacher: a trial of another study in the same storage, checked before any trial
 runs, and its outputs for K fixed views of every training image, computed once per study and
-kept beside the decoded-image cache, keyed by the teacher's weights and the view recipe."""
+kept beside the decoded-image cache, keyed by the teacher's weights and the view recipe; or,
+with `views = 0`, the teacher itself, run on every batch."""
 
 import hashlib
 import json
@@ -26,6 +27,7 @@ from carbrand_search.search.storage import ArtifactStore
 from carbrand_search.search.study import best_trials, pinned_teacher, stored_spec, trials
 from carbrand_search.search.trained import TrialModel, load_trial_model
 from carbrand_search.training.distill import (
+    LiveTeacher,
     SoftTargets,
     TeacherViews,
     Views,
@@ -42,12 +44,13 @@ FILE, META = "views.safetensors", "meta.json"
 
 @dataclass(frozen=True)
 class Teacher:
-    """The teacher a study's trials learn from, and its outputs for the training views."""
+    """The teacher a study's trials learn from: its outputs for the training views, or (with
+    `views = 0`) the model to run on every batch."""
 
     ref: TeacherRef
-    views: TeacherViews
+    source: TeacherViews | LiveTeacher
     reused: bool  # the views came from the cache
-    targets: SoftTargets  # its outputs for the views at the study's temperature
+    targets: SoftTargets | None  # its outputs for the cached views at the study's temperature
 
 
 def study_teacher(
@@ -64,17 +67,17 @@ def study_teacher(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Teacher | None:
     """The teacher of study `student` with `[distill]` settings `cfg` (its trial as pinned
-    by the study's first run), its views on `device`; None when the study has no teacher."""
+    by the study's first run), its views or itself on `device`; None when the study has no
+    teacher."""
     if not cfg.on:
         return None
     ref = pinned_teacher(storage, student)
     if ref is not None:
         cfg = replace(cfg, trial=ref.trial)
     tm = teacher_model(cfg, storage, artifacts, tree.classes)
-    teacher = prepare_teacher(
+    return prepare_teacher(
         cfg, data, tm, tree.splits["train"], cache_root, skip_bad, device, on_progress
     )
-    return replace(teacher, views=teacher.views.to(device))
 
 
 def teacher_model(
@@ -128,10 +131,20 @@ def prepare_teacher(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Teacher:
     """The teacher's outputs for `cfg.views` views of every image of `train`, drawn with the
-    student's augmentation `data`; computed on `device` once, then read from the cache."""
+    student's augmentation `data`, computed on `device` once, then read from the cache; or
+    with `views = 0` the teacher model itself and `train` at its cache size, to run on every
+    batch. On `device`."""
     # The teacher sees each view in the student's geometry (`data.fit`) at its own cache size
     # and resolution, so a box is the same part of the same photo for both.
     size, fit = tm.config.data.cache_size, data.fit
+    ref = TeacherRef(cfg.teacher, tm.trial.number, tm.weights_sha256)
+    if cfg.live:
+        cached = load_or_build(train, size, fit, cache_root, skip_bad)
+        precision = precision_for(tm.config, device)
+        model = precision.prepare(tm.model.to(device).eval()).requires_grad_(False)
+        split = DeviceSplit.from_arrays(cached.images, cached.labels, device)
+        live = LiveTeacher(model, split, augment_for(tm.config), precision)
+        return Teacher(ref, live, False, None)
     recipe = {
         "views": cfg.views,
         "min_scale": data.min_scale,
@@ -146,7 +159,6 @@ def prepare_teacher(
         ).encode()
     ).hexdigest()  # fmt: skip
     folder = cache_root / f"teacher-{train.name}-{key[:24]}"
-    ref = TeacherRef(cfg.teacher, tm.trial.number, tm.weights_sha256)
     stored = _read(folder, key)
     reused = stored is not None
     if stored is None:
@@ -156,7 +168,8 @@ def prepare_teacher(
             if stored is None:
                 cached = load_or_build(train, size, fit, cache_root, skip_bad)
                 split = DeviceSplit.from_arrays(cached.images, cached.labels, device)
-                views = draw_views(len(split), cfg.views, data, VIEW_SEED)
+                g = torch.Generator().manual_seed(VIEW_SEED)
+                views = draw_views(len(split), cfg.views, data, g)
                 logits = teacher_logits(
                     tm.model.to(device), split, views.to(device), augment_for(tm.config),
                     precision_for(tm.config, device), on_progress=on_progress,
@@ -167,7 +180,7 @@ def prepare_teacher(
         raise UserError(f"teacher views {folder} could not be read back right after writing")
     teacher_views, labels = stored
     targets = soft_targets(teacher_views.logits, labels, cfg.temperature)
-    return Teacher(ref, teacher_views, reused, targets)
+    return Teacher(ref, teacher_views.to(device), reused, targets)
 
 
 def _write(

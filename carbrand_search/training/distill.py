@@ -1,9 +1,9 @@
-"""Distillation from cached teacher outputs: the loss, the fixed augmented views, and the
-teacher's predictions for every view of every training image.
+"""Distillation: the loss, the fixed augmented views and the teacher's predictions for every
+view of every training image, or the teacher run on every batch.
 
 timm's `LogitDistillationTask` computes the same loss inside its forward pass, which runs the
-teacher on every batch; here the teacher ran once per study, so the loss is taken against
-stored logits (with timm's formula: batch-mean KL of log-probabilities, times T²)."""
+teacher on every batch; with cached views the teacher ran once per study, so the loss is taken
+against stored logits (with timm's formula: batch-mean KL of log-probabilities, times T²)."""
 
 import math
 from collections.abc import Callable
@@ -86,14 +86,15 @@ class Views:
         return self.boxes[index, view], self.flips[index, view], self.jitter[index, view]
 
 
-def draw_views(n: int, k: int, data: DataConfig, seed: int) -> Views:
-    """K views per image as the study's augmentation draws them: RandomResizedCrop boxes (area
-    in [min_scale, 1], aspect in [3/4, 4/3]), flips when `hflip`, jitter of `color_jitter`."""
-    g = torch.Generator().manual_seed(seed)
-    boxes = Augment.draw_boxes(n * k, data.min_scale, g).view(n, k, 4)
-    flips = (torch.rand(n, k, generator=g) < 0.5) & data.hflip
+def draw_views(n: int, k: int, data: DataConfig, g: torch.Generator) -> Views:
+    """K views per image as the study's augmentation draws them, on `g`'s device:
+    RandomResizedCrop boxes (area in [min_scale, 1], aspect in [3/4, 4/3]), flips when `hflip`,
+    jitter of `color_jitter`."""
+    device = g.device
+    boxes = Augment.draw_boxes(n * k, data.min_scale, g, device).view(n, k, 4)
+    flips = (torch.rand(n, k, generator=g, device=device) < 0.5) & data.hflip
     j = data.color_jitter
-    jitter = 1 - j + 2 * j * torch.rand(n, k, 3, generator=g)
+    jitter = 1 - j + 2 * j * torch.rand(n, k, 3, generator=g, device=device)
     return Views(boxes, flips, jitter)
 
 
@@ -106,6 +107,41 @@ class TeacherViews:
 
     def to(self, device: torch.device) -> "TeacherViews":
         return TeacherViews(self.views.to(device), self.logits.to(device))
+
+    def taught_batch(
+        self, augment: Augment, index: Tensor, images: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """One random cached view of each image (rows `index` of the split) and the teacher's
+        logits for exactly those views."""
+        view = torch.randint(
+            0, self.views.count, index.shape, device=images.device, generator=generator
+        )
+        rows = index.to(images.device)
+        return augment.view_batch(images, *self.views.pick(rows, view)), self.logits[rows, view]
+
+
+@dataclass(frozen=True)
+class LiveTeacher:
+    """The teacher run on every batch: a fresh view of each image every step, cropped from the
+    teacher's own cache of the training split at its own resolution. On a GPU this costs a
+    forward pass per step; on a CPU more than the student's step (bench/RESULTS.md)."""
+
+    model: nn.Module  # in eval mode, prepared for `precision`
+    split: DeviceSplit  # the training split at the teacher's cache size
+    augment: Augment  # the teacher's resolution and normalisation
+    precision: Precision
+
+    def taught_batch(
+        self, augment: Augment, index: Tensor, images: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A fresh view of each image (rows `index`), drawn with the student's augmentation,
+        and the teacher's logits for it."""
+        fresh = draw_views(index.shape[0], 1, augment.data, generator)
+        boxes, flips, jitter = fresh.boxes[:, 0], fresh.flips[:, 0], fresh.jitter[:, 0]
+        seen = self.augment.view_batch(self.split.rows(index), boxes, flips, jitter)
+        with torch.no_grad(), self.precision.autocast(seen.device):
+            logits = self.model(self.precision.input(seen)).float()
+        return augment.view_batch(images, boxes, flips, jitter), logits
 
 
 @torch.no_grad()
@@ -139,10 +175,10 @@ def teacher_logits(
 
 @dataclass(frozen=True)
 class Teaching:
-    """A trial's distillation: the study's teacher views (on the training device) and the
-    trial's weight and temperature."""
+    """A trial's distillation: the study's teacher (its cached views on the training device, or
+    the model itself) and the trial's weight and temperature."""
 
-    teacher: TeacherViews
+    teacher: TeacherViews | LiveTeacher
     alpha: float
     temperature: float
 
@@ -154,16 +190,12 @@ class Teaching:
         generator: torch.Generator,
         criterion: Callable[[Tensor, Tensor], Tensor],
     ) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-        """One random cached view of each image (rows `index` of the split) and the loss that
-        compares the student with the teacher's outputs for exactly those views."""
-        device = images.device
-        views = self.teacher.views
-        view = torch.randint(0, views.count, index.shape, device=device, generator=generator)
-        rows = index.to(device)
-        x = augment.view_batch(images, *views.pick(rows, view))
+        """A view of each image (rows `index` of the split) and the loss that compares the
+        student with the teacher's outputs for exactly those views."""
+        x, taught = self.teacher.taught_batch(augment, index, images, generator)
         loss = partial(
             distillation_loss,
-            teacher_logits=self.teacher.logits[rows, view],
+            teacher_logits=taught,
             criterion=criterion,
             alpha=self.alpha,
             temperature=self.temperature,
