@@ -123,8 +123,8 @@ class TeacherViews:
 @dataclass(frozen=True)
 class LiveTeacher:
     """The teacher run on every batch: a fresh view of each image every step, cropped from the
-    teacher's own cache of the training split at its own resolution. On a GPU this costs a
-    forward pass per step; on a CPU more than the student's step (bench/RESULTS.md)."""
+    teacher's own cache of the training split at its own resolution: a teacher forward pass per
+    step, which a GPU affords; on a CPU it costs about a small student's step or more."""
 
     model: nn.Module  # in eval mode, prepared for `precision`
     split: DeviceSplit  # the training split at the teacher's cache size
