@@ -1,15 +1,17 @@
 """bf16 autocast and channels_last on the CPU: training and inference images/s per model and
-resolution, and whether a real training curve stays the same.
+resolution, and whether a real training curve stays the same. On a CPU without native bf16 only
+float32 and channels_last are timed unless --emulated-bf16 asks (emulated bf16 is 10-15x slower).
 
     python bench/cpu_precision.py [--rows resnet@64 resnet@112 tf_efficientnet_lite0@224 …]
                                   [--steps 6] [--rounds 3] [--curve-epochs 8] [--curve-px 112]
-                                  [--quick] [--out FILE.json]
+                                  [--emulated-bf16] [--quick] [--out FILE.json]
 
 Speed: for each row, the four precisions (float32, channels_last, bf16, bf16 + channels_last)
 train with the trainer's own `train_step` on batches of 32 (inference rows: `predict`'s forward
 under no_grad, batches of 64), in alternating rounds; best round per precision. Curve: the
 `cars-scratch` default ResNet trained by the real `fit` on the crops split (../data/cars-crops,
-or --curve-data) in float32 and in bf16 + channels_last, same seed, epoch by epoch.
+or --curve-data) in float32 and in the trainer's default (bf16 + channels_last where bf16 is
+native, channels_last elsewhere), same seed, epoch by epoch.
 """
 
 import argparse
@@ -24,7 +26,7 @@ from carbrand_search import models
 from carbrand_search.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from carbrand_search.models.params import ResNetParams
 from carbrand_search.training.fit import fit, train_step
-from carbrand_search.training.parts import load_training_data, new_model
+from carbrand_search.training.parts import load_training_data, new_model, precision_for
 from carbrand_search.training.precision import Precision
 
 PRECISIONS = {
@@ -73,24 +75,28 @@ def images_per_s(row: str, precision: Precision, steps: int, infer: bool) -> flo
     return batch * steps / (time.perf_counter() - start)
 
 
-def speed_rows(rows: list[str], steps: int, rounds: int) -> list[dict]:
+def speed_rows(
+    rows: list[str], steps: int, rounds: int, precisions: dict[str, Precision]
+) -> list[dict]:
+    """Best images/s per precision; speed-up is the last precision's over float32."""
     out = []
     for row in rows:
         infer = row.startswith("infer:")
         spec = row.removeprefix("infer:")
-        best = dict.fromkeys(PRECISIONS, 0.0)
+        best = dict.fromkeys(precisions, 0.0)
         for _ in range(rounds):
-            for label, precision in PRECISIONS.items():
+            for label, precision in precisions.items():
                 best[label] = max(best[label], images_per_s(spec, precision, steps, infer))
         result = {"row": row, **{k: round(v, 1) for k, v in best.items()}}
-        result["speed-up"] = round(best["bf16+channels_last"] / best["fp32"], 2)
+        result["speed-up"] = round(best[list(precisions)[-1]] / best["fp32"], 2)
         print(result, flush=True)
         out.append(result)
     return out
 
 
-def curve(data: Path, px: int, epochs: int, bf16: bool) -> dict:
-    """The real trainer on real crops: per-epoch training loss, val macro-F1 and seconds."""
+def curve(data: Path, px: int, epochs: int, defaults: bool) -> dict:
+    """The real trainer on real crops: per-epoch training loss, val macro-F1 and seconds, in
+    float32 or (`defaults`) with train.amp and train.channels_last on."""
     config = RunConfig(
         data=DataConfig(cache_size=px + px // 8, fit="pad", image_size=px, min_scale=0.35),
         model=ModelConfig("resnet", RESNET),
@@ -101,10 +107,12 @@ def curve(data: Path, px: int, epochs: int, bf16: bool) -> dict:
             label_smoothing=0.1,
             scheduler="onecycle",
             sampling="balanced",
-            amp=bf16,
-            channels_last=bf16,
+            amp=defaults,
+            channels_last=defaults,
         ),
     )
+    used = precision_for(config, torch.device("cpu"))
+    label = "+".join(k for k in ("bf16", "channels_last") if getattr(used, k)) or "fp32"
     cache = Path.home() / ".cache" / "carbrand-search"
     training = load_training_data(data, config.data, cache, torch.device("cpu"))
     model = new_model(config, len(training.tree.classes))
@@ -120,8 +128,13 @@ def curve(data: Path, px: int, epochs: int, bf16: bool) -> dict:
         for m in result.history
     ]
     for line in history:
-        print("bf16" if bf16 else "fp32", line, flush=True)
-    return {"bf16": bf16, "seconds": round(time.perf_counter() - start, 1), "history": history}
+        print(label, line, flush=True)
+    return {
+        "bf16": used.bf16,
+        "channels_last": used.channels_last,
+        "seconds": round(time.perf_counter() - start, 1),
+        "history": history,
+    }
 
 
 def main() -> None:
@@ -140,21 +153,28 @@ def main() -> None:
     parser.add_argument("--curve-px", type=int, default=112)
     parser.add_argument("--curve-data", type=Path, default=CURVE_DATA)
     parser.add_argument("--quick", action="store_true", help="one tiny row, one round, no curve")
+    parser.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="time the bf16 rows on a CPU without native bf16 too (10-15x slower than float32)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    precisions = PRECISIONS if native or args.emulated_bf16 else dict(list(PRECISIONS.items())[:2])
     if args.quick:
         args = replace_args(args, rows=["resnet@32", "infer:resnet@32"], steps=1, rounds=1)
     result: dict = {
         "date": date.today().isoformat(),
         "machine": machine(),
-        "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "bf16_native": native,
         "threads": torch.get_num_threads(),
-        "speed": speed_rows(args.rows, args.steps, args.rounds),
+        "speed": speed_rows(args.rows, args.steps, args.rounds, precisions),
     }
     if not args.quick and args.curve_data.is_dir():
         result["curve"] = [
-            curve(args.curve_data, args.curve_px, args.curve_epochs, bf16)
-            for bf16 in (False, True)
+            curve(args.curve_data, args.curve_px, args.curve_epochs, defaults)
+            for defaults in (False, True)
         ]
     if args.out:
         write_json(args.out, result)
