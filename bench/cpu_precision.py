@@ -1,6 +1,6 @@
 """bf16 autocast and channels_last on the CPU: training and inference images/s per model and
 resolution, and whether a real training curve stays the same. On a CPU without native bf16 only
-float32 and channels_last are timed unless --emulated-bf16 asks (emulated bf16 is 10-15x slower).
+float32 and channels_last are timed unless --emulated-bf16 asks (emulated bf16 is 10-14x slower).
 
     python bench/cpu_precision.py [--rows resnet@64 resnet@112 tf_efficientnet_lite0@224 …]
                                   [--steps 6] [--rounds 3] [--curve-epochs 8] [--curve-px 112]
@@ -27,7 +27,7 @@ from carbrand_search.core.config import DataConfig, ModelConfig, RunConfig, Trai
 from carbrand_search.models.params import ResNetParams
 from carbrand_search.training.fit import fit, train_step
 from carbrand_search.training.parts import load_training_data, new_model, precision_for
-from carbrand_search.training.precision import Precision
+from carbrand_search.training.precision import Precision, native_bf16
 
 PRECISIONS = {
     "fp32": Precision(),
@@ -112,7 +112,7 @@ def curve(data: Path, px: int, epochs: int, defaults: bool) -> dict:
         ),
     )
     used = precision_for(config, torch.device("cpu"))
-    label = "+".join(k for k in ("bf16", "channels_last") if getattr(used, k)) or "fp32"
+    label = next(k for k, p in PRECISIONS.items() if p == used)
     cache = Path.home() / ".cache" / "carbrand-search"
     training = load_training_data(data, config.data, cache, torch.device("cpu"))
     model = new_model(config, len(training.tree.classes))
@@ -156,12 +156,13 @@ def main() -> None:
     parser.add_argument(
         "--emulated-bf16",
         action="store_true",
-        help="time the bf16 rows on a CPU without native bf16 too (10-15x slower than float32)",
+        help="time the bf16 rows on a CPU without native bf16 too (10-14x slower than float32)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    precisions = PRECISIONS if native or args.emulated_bf16 else dict(list(PRECISIONS.items())[:2])
+    native = native_bf16(torch.device("cpu"))
+    timed = native or args.emulated_bf16
+    precisions = {k: p for k, p in PRECISIONS.items() if timed or not p.bf16}
     if args.quick:
         args = replace_args(args, rows=["resnet@32", "infer:resnet@32"], steps=1, rounds=1)
     result: dict = {
